@@ -1,0 +1,124 @@
+//! Position-embedding interpolation exactly as DINO/iBOT call PyTorch (ibot-reference §1.3):
+//! bicubic, align_corners = false, A = −0.75, border-clamped taps, and a *scale factor*
+//! (out + 0.1)/n0 whose reciprocal maps output coordinates back to the source grid.
+//!
+//! The resize is separable, so it is two small dense matrices applied on either side of the
+//! [n0, n0] grid of every channel: exact, differentiable, and cached per output grid.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use candle_core::{Device, Result, Tensor};
+
+const CUBIC_A: f32 = -0.75;
+
+/// PyTorch's `cubic_convolution1`/`cubic_convolution2` weights for fractional offset `t`.
+fn cubic_weights(t: f32) -> [f32; 4] {
+    let c1 = |x: f32| ((CUBIC_A + 2.0) * x - (CUBIC_A + 3.0)) * x * x + 1.0;
+    let c2 = |x: f32| ((CUBIC_A * x - 5.0 * CUBIC_A) * x + 8.0 * CUBIC_A) * x - 4.0 * CUBIC_A;
+    [c2(t + 1.0), c1(t), c1(1.0 - t), c2(2.0 - t)]
+}
+
+/// Row-stochastic [out, n_in] matrix resampling a length-`n_in` axis to `out` samples with
+/// PyTorch's scale-factor convention (ratio = 1/scale, src = (dst + 0.5)·ratio − 0.5, no clamp
+/// of `src` for cubic, taps clamped to [0, n_in − 1]).
+///
+/// PyTorch computes the source coordinate and the weights in f32 for f32 input; we do the same so
+/// the interpolated embeddings agree to the last bit or two.
+pub fn bicubic_matrix(n_in: usize, out: usize, scale: f64) -> Vec<f32> {
+    let ratio = (1.0 / scale) as f32;
+    let mut m = vec![0f32; out * n_in];
+    for dst in 0..out {
+        let src = ratio * (dst as f32 + 0.5) - 0.5;
+        let base = src.floor();
+        let t = src - base;
+        let weights = cubic_weights(t);
+        for (k, w) in weights.iter().enumerate() {
+            let idx = (base as i64 - 1 + k as i64).clamp(0, n_in as i64 - 1) as usize;
+            m[dst * n_in + idx] += *w;
+        }
+    }
+    m
+}
+
+/// Caches the two interpolation matrices per (source grid, target grid).
+#[derive(Default)]
+pub struct PosEmbedInterpolator {
+    cache: Mutex<HashMap<(usize, usize, usize, String), (Tensor, Tensor)>>,
+}
+
+impl PosEmbedInterpolator {
+    /// `pos_embed` [1, 1+n0², D] → [1, 1+rows·cols, D]; unchanged when the grid is the trained
+    /// square one (DINO skips interpolation exactly in that case).
+    pub fn interpolate(&self, pos_embed: &Tensor, rows: usize, cols: usize) -> Result<Tensor> {
+        let (_, n_plus_1, dim) = pos_embed.dims3()?;
+        let n = n_plus_1 - 1;
+        let n0 = (n as f64).sqrt().round() as usize;
+        if rows * cols == n && rows == cols {
+            return Ok(pos_embed.clone());
+        }
+        let (r, c) = self.matrices(n0, rows, cols, pos_embed.device())?;
+        let r = r.to_dtype(pos_embed.dtype())?;
+        let c = c.to_dtype(pos_embed.dtype())?;
+        let cls = pos_embed.narrow(1, 0, 1)?;
+        // [1, n0², D] → [D, n0, n0]; resize rows then columns; back to [1, rows·cols, D].
+        let grid = pos_embed
+            .narrow(1, 1, n)?
+            .reshape((n0, n0, dim))?
+            .permute((2, 0, 1))?
+            .contiguous()?;
+        let resized = r
+            .unsqueeze(0)?
+            .broadcast_matmul(&grid)?
+            .broadcast_matmul(&c.t()?.unsqueeze(0)?)?;
+        let patches = resized
+            .permute((1, 2, 0))?
+            .reshape((1, rows * cols, dim))?;
+        Tensor::cat(&[&cls, &patches], 1)
+    }
+
+    fn matrices(&self, n0: usize, rows: usize, cols: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+        let key = (n0, rows, cols, format!("{device:?}"));
+        let mut cache = self.cache.lock().expect("pos-embed cache poisoned");
+        if let Some(m) = cache.get(&key) {
+            return Ok(m.clone());
+        }
+        // The +0.1 guarantees floor(n0 · scale) = out (DINO issue #8).
+        let scale_rows = (rows as f64 + 0.1) / n0 as f64;
+        let scale_cols = (cols as f64 + 0.1) / n0 as f64;
+        let r = Tensor::from_vec(bicubic_matrix(n0, rows, scale_rows), (rows, n0), device)?;
+        let c = Tensor::from_vec(bicubic_matrix(n0, cols, scale_cols), (cols, n0), device)?;
+        cache.insert(key, (r.clone(), c.clone()));
+        Ok((r, c))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_sum_to_one_and_identity_scale_is_identity() {
+        for t in [0.0, 0.25, 0.5, 0.9] {
+            let s: f32 = cubic_weights(t).iter().sum();
+            assert!((s - 1.0).abs() < 1e-6);
+        }
+        let m = bicubic_matrix(5, 5, 1.0);
+        for i in 0..5 {
+            for j in 0..5 {
+                assert_eq!(m[i * 5 + j], if i == j { 1.0 } else { 0.0 });
+            }
+        }
+    }
+
+    #[test]
+    fn rows_sum_to_one_with_border_clamping() {
+        let m = bicubic_matrix(14, 6, 6.1 / 14.0);
+        for row in m.chunks(14) {
+            let s: f32 = row.iter().sum();
+            assert!((s - 1.0).abs() < 1e-6);
+        }
+        // Output 0 samples src = 14/6.1 · 0.5 − 0.5 ≈ 0.6475: its −1 tap is clamped onto index 0.
+        assert!(m[0] > 0.0 && m[4] == 0.0);
+    }
+}

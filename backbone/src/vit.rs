@@ -1,0 +1,367 @@
+//! The DINO/iBOT Vision Transformer (ibot-reference §1): pre-norm blocks, qkv bias, LayerNorm
+//! eps 1e-6, exact GELU, CLS token, learned absolute position embedding (interpolated for other
+//! grids), final norm, optional mask token. `VarBuilder` paths mirror the checkpoint keys.
+
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::VarBuilder;
+use rand::Rng;
+
+use crate::config::{VitConfig, LAYER_NORM_EPS};
+use crate::ops::{layer_norm, softmax_last_dim};
+use crate::pos_embed::PosEmbedInterpolator;
+
+/// Training-time randomness: drop-path draws its per-sample keep decisions here.
+pub struct TrainCtx<'a> {
+    pub rng: &'a mut dyn rand::RngCore,
+}
+
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    fn new(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get((out_dim, in_dim), "weight")?,
+            bias: vb.get(out_dim, "bias")?,
+        })
+    }
+}
+
+impl Module for Linear {
+    /// One GEMM over all leading dimensions.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        let in_dim = dims[dims.len() - 1];
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let y = x
+            .reshape((rows, in_dim))?
+            .matmul(&self.weight.t()?)?
+            .broadcast_add(&self.bias)?;
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().unwrap() = self.weight.dim(0)?;
+        y.reshape(out_dims)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl LayerNorm {
+    fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(dim, "weight")?,
+            bias: vb.get(dim, "bias")?,
+        })
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        layer_norm(x, &self.weight, &self.bias, LAYER_NORM_EPS)
+    }
+}
+
+/// Conv2d with kernel = stride = patch, written as a patch reshape and one GEMM.
+#[derive(Debug, Clone)]
+struct PatchEmbed {
+    weight: Tensor,
+    bias: Tensor,
+    patch: usize,
+}
+
+impl PatchEmbed {
+    fn new(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
+        let p = cfg.patch_size;
+        Ok(Self {
+            weight: vb.get((cfg.embed_dim, cfg.in_chans, p, p), "weight")?,
+            bias: vb.get(cfg.embed_dim, "bias")?,
+            patch: p,
+        })
+    }
+
+    /// [B, C, H, W] → [B, rows·cols, D] in row-major grid order.
+    fn forward(&self, x: &Tensor) -> Result<(Tensor, usize, usize)> {
+        let (b, c, h, w) = x.dims4()?;
+        let p = self.patch;
+        if h % p != 0 || w % p != 0 {
+            candle_core::bail!("input {h}×{w} is not a multiple of the patch size {p}");
+        }
+        let (rows, cols) = (h / p, w / p);
+        let patches = x
+            .reshape((b, c, rows, p, cols, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .contiguous()?
+            .reshape((b * rows * cols, c * p * p))?;
+        let d = self.weight.dim(0)?;
+        let w2 = self.weight.reshape((d, c * p * p))?;
+        let tokens = patches.matmul(&w2.t()?)?.broadcast_add(&self.bias)?;
+        Ok((tokens.reshape((b, rows * cols, d))?, rows, cols))
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Attention {
+    qkv: Linear,
+    proj: Linear,
+    num_heads: usize,
+    scale: f64,
+}
+
+impl Attention {
+    fn new(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.embed_dim;
+        Ok(Self {
+            qkv: Linear::new(d, 3 * d, vb.pp("qkv"))?,
+            proj: Linear::new(d, d, vb.pp("proj"))?,
+            num_heads: cfg.num_heads,
+            scale: (cfg.head_dim() as f64).powf(-0.5),
+        })
+    }
+
+    /// Returns the block output and the post-softmax attention [B, heads, T, T].
+    fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, t, d) = x.dims3()?;
+        let hd = d / self.num_heads;
+        // The 3D output is laid out [3][heads][head_dim].
+        let qkv = self
+            .qkv
+            .forward(x)?
+            .reshape((b, t, 3, self.num_heads, hd))?
+            .permute((2, 0, 3, 1, 4))?;
+        let q = qkv.get(0)?.contiguous()?;
+        let k = qkv.get(1)?.contiguous()?;
+        let v = qkv.get(2)?.contiguous()?;
+        let attn = (q.matmul(&k.t()?)? * self.scale)?;
+        let attn = softmax_last_dim(&attn)?;
+        let out = attn
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, t, d))?;
+        Ok((self.proj.forward(&out)?, attn))
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl Mlp {
+    fn new(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            fc1: Linear::new(cfg.embed_dim, cfg.mlp_hidden, vb.pp("fc1"))?,
+            fc2: Linear::new(cfg.mlp_hidden, cfg.embed_dim, vb.pp("fc2"))?,
+        })
+    }
+}
+
+impl Module for Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.fc2.forward(&self.fc1.forward(x)?.gelu_erf()?)
+    }
+}
+
+/// Stochastic depth: zero the residual branch of whole samples, rescale the survivors.
+fn drop_path(x: &Tensor, rate: f64, ctx: Option<&mut TrainCtx>) -> Result<Tensor> {
+    let Some(ctx) = ctx else { return Ok(x.clone()) };
+    if rate <= 0.0 {
+        return Ok(x.clone());
+    }
+    let keep = 1.0 - rate;
+    let b = x.dim(0)?;
+    let mask: Vec<f32> = (0..b)
+        .map(|_| (keep + ctx.rng.gen::<f64>()).floor() as f32 / keep as f32)
+        .collect();
+    let mask = Tensor::from_vec(mask, (b, 1, 1), x.device())?.to_dtype(x.dtype())?;
+    x.broadcast_mul(&mask)
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    norm1: LayerNorm,
+    attn: Attention,
+    norm2: LayerNorm,
+    mlp: Mlp,
+    drop_path: f64,
+}
+
+impl Block {
+    fn new(cfg: &VitConfig, drop_path: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            norm1: LayerNorm::new(cfg.embed_dim, vb.pp("norm1"))?,
+            attn: Attention::new(cfg, vb.pp("attn"))?,
+            norm2: LayerNorm::new(cfg.embed_dim, vb.pp("norm2"))?,
+            mlp: Mlp::new(cfg, vb.pp("mlp"))?,
+            drop_path,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, mut ctx: Option<&mut TrainCtx>) -> Result<Tensor> {
+        let (a, _) = self.attn.forward(&self.norm1.forward(x)?)?;
+        let x = (x + drop_path(&a, self.drop_path, ctx.as_deref_mut())?)?;
+        let m = self.mlp.forward(&self.norm2.forward(&x)?)?;
+        x + drop_path(&m, self.drop_path, ctx)?
+    }
+}
+
+pub struct VisionTransformer {
+    cfg: VitConfig,
+    patch_embed: PatchEmbed,
+    cls_token: Tensor,
+    pos_embed: Tensor,
+    masked_embed: Option<Tensor>,
+    blocks: Vec<Block>,
+    norm: LayerNorm,
+    interpolator: PosEmbedInterpolator,
+}
+
+impl VisionTransformer {
+    pub fn new(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let d = cfg.embed_dim;
+        let n = cfg.grid() * cfg.grid();
+        let blocks = (0..cfg.depth)
+            .map(|i| {
+                let rate = if cfg.depth > 1 {
+                    cfg.drop_path_rate * i as f64 / (cfg.depth - 1) as f64
+                } else {
+                    cfg.drop_path_rate
+                };
+                Block::new(cfg, rate, vb.pp(format!("blocks.{i}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            patch_embed: PatchEmbed::new(cfg, vb.pp("patch_embed.proj"))?,
+            cls_token: vb.get((1, 1, d), "cls_token")?,
+            pos_embed: vb.get((1, 1 + n, d), "pos_embed")?,
+            masked_embed: if cfg.masked_im_modeling {
+                Some(vb.get((1, d), "masked_embed")?)
+            } else {
+                None
+            },
+            blocks,
+            norm: LayerNorm::new(d, vb.pp("norm"))?,
+            interpolator: PosEmbedInterpolator::default(),
+        })
+    }
+
+    pub fn config(&self) -> &VitConfig {
+        &self.cfg
+    }
+
+    /// Patch embedding, mask-token replacement, CLS, position embedding: [B, 1+N, D].
+    /// `mask` is [B, N] (1 = masked) and needs a model built with `masked_im_modeling`.
+    pub fn prepare_tokens(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (tokens, rows, cols) = self.patch_embed.forward(x)?;
+        let (b, n, d) = tokens.dims3()?;
+        let tokens = match (mask, &self.masked_embed) {
+            (None, _) => tokens,
+            (Some(mask), Some(token)) => {
+                let mask = mask
+                    .to_dtype(DType::U8)?
+                    .reshape((b, n, 1))?
+                    .broadcast_as((b, n, d))?;
+                let token = token.to_dtype(tokens.dtype())?.reshape((1, 1, d))?.broadcast_as((b, n, d))?;
+                mask.where_cond(&token, &tokens)?
+            }
+            (Some(_), None) => candle_core::bail!("a mask was given but the model has no masked_embed"),
+        };
+        let cls = self.cls_token.to_dtype(tokens.dtype())?.broadcast_as((b, 1, d))?;
+        let x = Tensor::cat(&[&cls, &tokens], 1)?;
+        let pos = self.interpolator.interpolate(&self.pos_embed, rows, cols)?;
+        x.broadcast_add(&pos.to_dtype(x.dtype())?)
+    }
+
+    /// The whole normalised token sequence [B, 1+N, D]; `ctx` enables drop-path (training).
+    pub fn forward_tokens(&self, x: &Tensor, mask: Option<&Tensor>, mut ctx: Option<&mut TrainCtx>) -> Result<Tensor> {
+        let mut x = self.prepare_tokens(x, mask)?;
+        for block in &self.blocks {
+            x = block.forward(&x, ctx.as_deref_mut())?;
+        }
+        self.norm.forward(&x)
+    }
+
+    /// Final-norm CLS embedding [B, D] (evaluation mode).
+    pub fn forward_cls(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_tokens(x, None, None)?.get_on_dim(1, 0)
+    }
+
+    /// Outputs of the last `n` blocks, each through the final norm, oldest first.
+    pub fn get_intermediate_layers(&self, x: &Tensor, n: usize) -> Result<Vec<Tensor>> {
+        let mut x = self.prepare_tokens(x, None)?;
+        let first = self.blocks.len().saturating_sub(n);
+        let mut out = Vec::with_capacity(n);
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward(&x, None)?;
+            if i >= first {
+                out.push(self.norm.forward(&x)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Post-softmax self-attention of the last block, [B, heads, 1+N, 1+N].
+    pub fn get_last_selfattention(&self, x: &Tensor) -> Result<Tensor> {
+        let mut x = self.prepare_tokens(x, None)?;
+        let (last, rest) = self.blocks.split_last().expect("depth ≥ 1");
+        for block in rest {
+            x = block.forward(&x, None)?;
+        }
+        let (_, attn) = last.attn.forward(&last.norm1.forward(&x)?)?;
+        Ok(attn)
+    }
+}
+
+/// How an image becomes one feature row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pool {
+    /// CLS of each of the last n blocks, concatenated oldest first.
+    Cls,
+    /// Mean patch token of each of the last n blocks, concatenated.
+    Avg,
+    /// The CLS concatenation, then the mean patch token of the last block (iBOT/DINOv2 layout).
+    ClsAvg,
+}
+
+impl std::str::FromStr for Pool {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "cls" => Ok(Pool::Cls),
+            "avg" => Ok(Pool::Avg),
+            "cls+avg" | "clsavg" => Ok(Pool::ClsAvg),
+            _ => Err(format!("unknown pooling {s:?}: expected cls, avg or cls+avg")),
+        }
+    }
+}
+
+impl VisionTransformer {
+    /// Feature rows [B, F] from the last `layers` blocks.
+    pub fn features(&self, x: &Tensor, layers: usize, pool: Pool) -> Result<Tensor> {
+        let outs = self.get_intermediate_layers(x, layers.max(1))?;
+        let cls = |t: &Tensor| t.get_on_dim(1, 0);
+        let avg = |t: &Tensor| {
+            let n = t.dim(1)? - 1;
+            t.narrow(1, 1, n)?.mean(1)
+        };
+        let parts = match pool {
+            Pool::Cls => outs.iter().map(cls).collect::<Result<Vec<_>>>()?,
+            Pool::Avg => outs.iter().map(avg).collect::<Result<Vec<_>>>()?,
+            Pool::ClsAvg => {
+                let mut p = outs.iter().map(cls).collect::<Result<Vec<_>>>()?;
+                p.push(avg(outs.last().unwrap())?);
+                p
+            }
+        };
+        Tensor::cat(&parts, D::Minus1)
+    }
+}

@@ -1,0 +1,44 @@
+//! `ibot`: pretrain ViTs with iBOT and evaluate checkpoints across the standard protocols.
+
+mod cmd_backbone;
+mod cmd_bench;
+mod cmd_data;
+mod cmd_metrics;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "ibot", version, about = "iBOT pretraining and evaluation suite")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    #[command(flatten)]
+    Backbone(cmd_backbone::BackboneCommand),
+    /// Datasets: synthetic scenes, splits, loaders.
+    #[command(subcommand)]
+    Data(cmd_data::DataCommand),
+    /// Metrics on predictions you bring (COCO, clustering, segmentation).
+    #[command(subcommand)]
+    Metrics(cmd_metrics::MetricsCommand),
+    /// Throughput benchmarks.
+    #[command(subcommand)]
+    Bench(cmd_bench::BenchCommand),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Backbone(c) => cmd_backbone::run(c),
+        Command::Data(c) => cmd_data::run(c),
+        Command::Metrics(c) => cmd_metrics::run(c),
+        Command::Bench(c) => cmd_bench::run(c),
+    };
+    if let Err(err) = result {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}
