@@ -242,12 +242,38 @@ def main():
     torch.save({"state_dict": sd8}, os.path.join(OUT, "vit_p8_state_dict.pth"))
     run_model(m8, "p8", [(112, 112), (80, 48)], goldens)
 
+    extract_goldens(m16, goldens)
     save_file({k: v.contiguous() for k, v in goldens.items()}, os.path.join(OUT, "goldens.safetensors"))
     total = sum(os.path.getsize(os.path.join(OUT, f)) for f in os.listdir(OUT))
     print(f"wrote {len(goldens)} goldens; fixtures total {total / 1024:.0f} KiB in {OUT}")
 
     if args.presets:
         compare_presets()
+
+
+def extract_goldens(model, goldens):
+    """`ibot extract` parity: PNGs of odd sizes through torchvision's eval transform
+    (Resize(64, bicubic) → CenterCrop(48) → ToTensor → Normalize), then CLS of the last 2 blocks
+    + mean patch token of the last block."""
+    from PIL import Image
+    from torchvision import transforms as T
+
+    img_dir = os.path.join(OUT, "images")
+    os.makedirs(img_dir, exist_ok=True)
+    rng = np.random.default_rng(3)
+    for i, (h, w) in enumerate([(50, 70), (90, 61), (64, 64)]):
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = np.stack([(xx * 255 // w), (yy * 255 // h), ((xx + yy) * 7 % 256)], axis=-1)
+        noise = rng.integers(0, 40, size=(h, w, 3))
+        Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).save(os.path.join(img_dir, f"img{i}.png"))
+    tf = T.Compose([T.Resize(64, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(48), T.ToTensor(),
+                    T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    x = torch.stack([tf(Image.open(os.path.join(img_dir, f"img{i}.png")).convert("RGB")) for i in range(3)])
+    with torch.no_grad():
+        inter = model.get_intermediate_layers(x, 2)
+        cls = torch.cat([t[:, 0] for t in inter], dim=-1)
+        avg = inter[-1][:, 1:].mean(dim=1)
+        goldens["extract.cls2_avg"] = torch.cat([cls, avg], dim=-1).contiguous()
 
 
 def compare_presets():
