@@ -595,7 +595,7 @@ fn op_breakdown(cfg: &VitConfig, b: usize, dev: &Device) -> Result<()> {
         ("attn·v", time(&|| scores.matmul(&q))?),
         ("proj linear", time(&|| x2.matmul(&wfc2.narrow(1, 0, d)?.t()?))?),
         ("fc1 linear", time(&|| x2.matmul(&wfc1.t()?))?),
-        ("gelu_erf", time(&|| hidden.gelu_erf())?),
+        ("gelu_erf", time(&|| backbone::ops::gelu_erf(&hidden))?),
         ("fc2 linear", time(&|| hidden.matmul(&wfc2.t()?))?),
     ];
     let total: f64 = rows.iter().map(|r| r.1).sum();

@@ -25,6 +25,26 @@ pub fn build_model(cfg: &VitConfig, weights: HashMap<String, Tensor>, dtype: DTy
     Ok(VisionTransformer::new(cfg, vb)?)
 }
 
+/// Build a model whose weights are trainable `Var`s held in the returned `VarMap`.
+pub fn build_trainable(
+    cfg: &VitConfig,
+    weights: HashMap<String, Tensor>,
+    dtype: DType,
+    device: &Device,
+) -> Result<(candle_nn::VarMap, VisionTransformer)> {
+    let varmap = candle_nn::VarMap::new();
+    {
+        let mut data = varmap.data().lock().expect("fresh VarMap");
+        for (name, t) in weights {
+            let var = candle_core::Var::from_tensor(&t.to_dtype(dtype)?.to_device(device)?)?;
+            data.insert(name, var);
+        }
+    }
+    let vb = VarBuilder::from_varmap(&varmap, dtype, device);
+    let model = VisionTransformer::new(cfg, vb)?;
+    Ok((varmap, model))
+}
+
 /// What loading a checkpoint found and did.
 pub struct Loaded {
     pub model: VisionTransformer,

@@ -7,7 +7,7 @@ use candle_nn::VarBuilder;
 use rand::Rng;
 
 use crate::config::{VitConfig, LAYER_NORM_EPS};
-use crate::ops::{layer_norm, softmax_last_dim};
+use crate::ops::{gelu_erf, layer_norm, softmax_last_dim};
 use crate::pos_embed::PosEmbedInterpolator;
 
 /// Training-time randomness: drop-path draws its per-sample keep decisions here.
@@ -164,7 +164,7 @@ impl Mlp {
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&self.fc1.forward(x)?.gelu_erf()?)
+        self.fc2.forward(&gelu_erf(&self.fc1.forward(x)?)?)
     }
 }
 

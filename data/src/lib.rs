@@ -1,0 +1,22 @@
+//! Image data for iBOT pretraining and evaluation: decoding, torchvision/PIL-exact transforms,
+//! dataset readers, a parallel batch loader and a deterministic synthetic-scene generator.
+//! Batches are plain `Vec<f32>` in NCHW order; nothing here depends on a tensor library.
+
+pub mod augment;
+pub mod bench;
+pub mod cifar;
+pub mod coco;
+pub mod color;
+pub mod error;
+pub mod folder;
+pub mod idx;
+pub mod image_io;
+pub mod loader;
+pub mod pil;
+pub mod rle;
+pub mod segmentation;
+pub mod splits;
+pub mod synth;
+pub mod transforms;
+
+pub use error::{DataError, Result};
