@@ -67,7 +67,10 @@ fn exp_neg(x: f32) -> f32 {
         + r * (1.0
             + r * (0.5
                 + r * (0.166_666_67 + r * (0.041_666_668 + r * (0.008_333_452 + r * 0.001_388_889)))));
-    f32::from_bits(((n as i32 + 127) as u32) << 23) * p
+    // SAFETY: n is an integer in [-126, 0] here (x ∈ [-87, 0]), so the conversion is exact; the
+    // saturating `as` conversion would block vectorisation.
+    let n = unsafe { n.to_int_unchecked::<i32>() };
+    f32::from_bits(((n + 127) as u32) << 23) * p
 }
 
 #[inline(always)]
@@ -89,7 +92,37 @@ fn gelu_grad(x: f32) -> f32 {
     0.5 * (1.0 + erf(x * SQRT1_2)) + x * INV_SQRT_2PI * exp_neg(-0.5 * x * x)
 }
 
-fn map_f32(storage: &CpuStorage, layout: &Layout, f: fn(f32) -> f32) -> Result<(CpuStorage, Shape)> {
+/// Apply `f` element-wise; compiled a second time with AVX2+FMA and chosen at run time, since the
+/// portable x86-64 baseline (SSE2) vectorises these polynomials poorly.
+macro_rules! elementwise_kernel {
+    ($name:ident, $f:expr) => {
+        fn $name(src: &[f32], dst: &mut [f32]) {
+            #[inline(always)]
+            fn body(src: &[f32], dst: &mut [f32]) {
+                for (d, s) in dst.iter_mut().zip(src) {
+                    *d = $f(*s);
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2(src: &[f32], dst: &mut [f32]) {
+                    body(src, dst)
+                }
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU supports the enabled features (checked just above).
+                    return unsafe { avx2(src, dst) };
+                }
+            }
+            body(src, dst)
+        }
+    };
+}
+
+elementwise_kernel!(gelu_kernel, gelu);
+elementwise_kernel!(gelu_grad_kernel, gelu_grad);
+
+fn map_f32(storage: &CpuStorage, layout: &Layout, f: fn(&[f32], &mut [f32])) -> Result<(CpuStorage, Shape)> {
     let CpuStorage::F32(src) = storage else {
         candle_core::bail!("expected f32 storage")
     };
@@ -100,11 +133,7 @@ fn map_f32(storage: &CpuStorage, layout: &Layout, f: fn(f32) -> f32) -> Result<(
     let mut dst = vec![0f32; src.len()];
     dst.par_chunks_mut(PAR_CHUNK)
         .zip(src.par_chunks(PAR_CHUNK))
-        .for_each(|(d, s)| {
-            for (d, s) in d.iter_mut().zip(s) {
-                *d = f(*s);
-            }
-        });
+        .for_each(|(d, s)| f(s, d));
     Ok((CpuStorage::F32(dst), layout.shape().clone()))
 }
 
@@ -116,13 +145,53 @@ impl CustomOp1 for GeluErf {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        map_f32(storage, layout, gelu)
+        map_f32(storage, layout, gelu_kernel)
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let d = arg.contiguous()?.apply_op1_no_bwd(&GeluErfGrad)?;
         Ok(Some(grad_res.mul(&d)?))
     }
+}
+
+fn softmax_row(src: &[f32], dst: &mut [f32]) {
+    /// Eight independent accumulators so the reductions vectorise without fast-math.
+    #[inline(always)]
+    fn body(src: &[f32], dst: &mut [f32]) {
+        let mut m = [f32::NEG_INFINITY; 8];
+        let mut chunks = src.chunks_exact(8);
+        for c in &mut chunks {
+            for i in 0..8 {
+                m[i] = m[i].max(c[i]);
+            }
+        }
+        let max = chunks.remainder().iter().fold(m.iter().fold(f32::NEG_INFINITY, |a, b| a.max(*b)), |a, b| a.max(*b));
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = exp_neg(*s - max);
+        }
+        let mut acc = [0f32; 8];
+        let mut chunks = dst.chunks_exact(8);
+        for c in &mut chunks {
+            for i in 0..8 {
+                acc[i] += c[i];
+            }
+        }
+        let sum: f32 = acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>();
+        let inv = 1.0 / sum;
+        dst.iter_mut().for_each(|v| *v *= inv);
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2(src: &[f32], dst: &mut [f32]) {
+            body(src, dst)
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the enabled features (checked just above).
+            return unsafe { avx2(src, dst) };
+        }
+    }
+    body(src, dst)
 }
 
 /// Row softmax for inference: rows in parallel, the vectorisable `exp_neg`.
@@ -148,14 +217,7 @@ impl CustomOp1 for SoftmaxLastDim {
             .zip(src.par_chunks(rows_per_task))
             .for_each(|(d, s)| {
                 for (d, s) in d.chunks_mut(n).zip(s.chunks(n)) {
-                    let max = s.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
-                    let mut sum = 0f32;
-                    for (d, s) in d.iter_mut().zip(s) {
-                        *d = exp_neg(*s - max);
-                        sum += *d;
-                    }
-                    let inv = 1.0 / sum;
-                    d.iter_mut().for_each(|v| *v *= inv);
+                    softmax_row(s, d);
                 }
             });
         Ok((CpuStorage::F32(dst), layout.shape().clone()))
@@ -170,7 +232,7 @@ impl CustomOp1 for GeluErfGrad {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        map_f32(storage, layout, gelu_grad)
+        map_f32(storage, layout, gelu_grad_kernel)
     }
 }
 
