@@ -168,7 +168,17 @@ pub fn run(cmd: BackboneCommand) -> Result<()> {
             resize,
             crop,
             batch_size,
-        } => extract(&checkpoint, &model, &images, &out, layers, pool, resize, crop, batch_size),
+        } => extract(
+            &checkpoint,
+            &model,
+            &images,
+            &out,
+            layers,
+            pool,
+            resize,
+            crop,
+            batch_size,
+        ),
         BackboneCommand::Attention {
             checkpoint,
             model,
@@ -218,9 +228,16 @@ fn inspect(path: &Path, args: &ModelArgs, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         println!("checkpoint     {}", path.display());
-        println!("format         {:?} ({} tensors)", ckpt.format(), ckpt.num_tensors());
+        println!(
+            "format         {:?} ({} tensors)",
+            ckpt.format(),
+            ckpt.num_tensors()
+        );
         println!("top-level keys {}", ckpt.top_level_groups().join(", "));
-        println!("selected key   {}", sel.key.as_deref().unwrap_or("(root state dict)"));
+        println!(
+            "selected key   {}",
+            sel.key.as_deref().unwrap_or("(root state dict)")
+        );
         println!(
             "architecture   {} — dim {}, depth {}, heads {}, mlp {}, patch {}, trained at {} px{}",
             cfg.preset_name().unwrap_or_else(|| "custom".into()),
@@ -230,18 +247,33 @@ fn inspect(path: &Path, args: &ModelArgs, json: bool) -> Result<()> {
             cfg.mlp_hidden,
             cfg.patch_size,
             cfg.img_size,
-            if cfg.masked_im_modeling { ", with masked_embed" } else { "" }
+            if cfg.masked_im_modeling {
+                ", with masked_embed"
+            } else {
+                ""
+            }
         );
-        println!("parameters     {} ({:.1} M)", cfg.num_params(), cfg.num_params() as f64 / 1e6);
+        println!(
+            "parameters     {} ({:.1} M)",
+            cfg.num_params(),
+            cfg.num_params() as f64 / 1e6
+        );
         println!("backbone keys  {}", sel.backbone.len());
         if !sel.other.is_empty() {
-            println!("not backbone   {} keys (e.g. {})", sel.other.len(), sel.other[0]);
+            println!(
+                "not backbone   {} keys (e.g. {})",
+                sel.other.len(),
+                sel.other[0]
+            );
         }
         match &summary["load"] {
             serde_json::Value::Null => {}
             _ => {
                 let r = summary["load"].clone();
-                println!("strict load    OK: {} loaded", r["loaded"].as_array().map_or(0, |a| a.len()));
+                println!(
+                    "strict load    OK: {} loaded",
+                    r["loaded"].as_array().map_or(0, |a| a.len())
+                );
                 print_list("missing", &r["missing"]);
                 print_list("unexpected", &r["unexpected"]);
             }
@@ -294,7 +326,13 @@ fn inspect_demo(arch: &str) -> Result<()> {
     Ok(())
 }
 
-fn convert(input: &Path, output: &Path, key: Option<&str>, backbone_only: bool, heads: Option<usize>) -> Result<()> {
+fn convert(
+    input: &Path,
+    output: &Path,
+    key: Option<&str>,
+    backbone_only: bool,
+    heads: Option<usize>,
+) -> Result<()> {
     if output.extension().and_then(|e| e.to_str()) != Some("safetensors") {
         bail!("{}: the output must end in .safetensors", output.display());
     }
@@ -307,9 +345,17 @@ fn convert(input: &Path, output: &Path, key: Option<&str>, backbone_only: bool, 
         meta.insert("source_key".into(), k.clone());
     }
     let tensors: Vec<(String, Tensor)> = if backbone_only {
-        let (full, short): (Vec<String>, Vec<String>) = sel.backbone.iter().map(|(k, f)| (f.clone(), k.clone())).unzip();
+        let (full, short): (Vec<String>, Vec<String>) = sel
+            .backbone
+            .iter()
+            .map(|(k, f)| (f.clone(), k.clone()))
+            .unzip();
         let read = ckpt.read_all(&full)?;
-        short.into_iter().zip(read).map(|(k, (_, t))| (k, t)).collect()
+        short
+            .into_iter()
+            .zip(read)
+            .map(|(k, (_, t))| (k, t))
+            .collect()
     } else {
         let prefix = sel.key.as_ref().map(|k| format!("{k}."));
         let names: Vec<String> = ckpt
@@ -323,10 +369,14 @@ fn convert(input: &Path, output: &Path, key: Option<&str>, backbone_only: bool, 
             rel.strip_prefix("module.").unwrap_or(rel).to_string()
         };
         if !aliases.is_empty() {
-            let map: HashMap<String, String> = aliases.iter().map(|(a, b)| (strip(a), strip(b))).collect();
+            let map: HashMap<String, String> =
+                aliases.iter().map(|(a, b)| (strip(a), strip(b))).collect();
             meta.insert("aliases".into(), serde_json::to_string(&map)?);
         }
-        let kept: Vec<String> = names.into_iter().filter(|n| !aliases.contains_key(n)).collect();
+        let kept: Vec<String> = names
+            .into_iter()
+            .filter(|n| !aliases.contains_key(n))
+            .collect();
         ckpt.read_all(&kept)?
             .into_iter()
             .map(|(n, t)| (strip(&n), t))
@@ -352,7 +402,11 @@ fn preprocess(path: &Path, resize: u32, crop: u32) -> Result<(Vec<f32>, u32, u32
         img = transforms::center_crop(&img, crop);
     }
     let (w, h) = img.dimensions();
-    Ok((transforms::to_normalized_chw(&img, IMAGENET_MEAN, IMAGENET_STD), h, w))
+    Ok((
+        transforms::to_normalized_chw(&img, IMAGENET_MEAN, IMAGENET_STD),
+        h,
+        w,
+    ))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -369,7 +423,10 @@ fn extract(
 ) -> Result<()> {
     let ext = out.extension().and_then(|e| e.to_str()).unwrap_or("");
     if ext != "npy" && ext != "safetensors" {
-        bail!("{}: the output must end in .npy or .safetensors", out.display());
+        bail!(
+            "{}: the output must end in .npy or .safetensors",
+            out.display()
+        );
     }
     if layers == 0 || batch_size == 0 {
         bail!("--layers and --batch-size must be at least 1");
@@ -378,14 +435,19 @@ fn extract(
     let loaded = backbone::load(checkpoint, &args.spec(), DType::F32, &dev)?;
     report_relaxed(&loaded.report);
     if layers > loaded.config.depth {
-        bail!("--layers {layers} exceeds the model depth {}", loaded.config.depth);
+        bail!(
+            "--layers {layers} exceeds the model depth {}",
+            loaded.config.depth
+        );
     }
     let files = data::folder::list_images(images)?;
     if files.is_empty() {
         bail!("{}: no images found", images.display());
     }
     let bar = indicatif::ProgressBar::new(files.len() as u64);
-    bar.set_style(indicatif::ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} [{elapsed} < {eta}] {per_sec}")?);
+    bar.set_style(indicatif::ProgressStyle::with_template(
+        "{msg} {bar:40} {pos}/{len} [{elapsed} < {eta}] {per_sec}",
+    )?);
     bar.set_message("extract");
     let mut rows: Vec<f32> = Vec::new();
     let mut dim = 0;
@@ -443,24 +505,43 @@ fn extract(
 }
 
 fn write_npy_atomic(out: &Path, rows: &[f32], n: usize, dim: usize) -> Result<()> {
-    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("{}: cannot create a temporary file", dir.display()))?;
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("{}: cannot create a temporary file", dir.display()))?;
     let arr = ndarray::Array2::from_shape_vec((n, dim), rows.to_vec())?;
-    ndarray_npy::write_npy(tmp.path(), &arr).with_context(|| format!("{}: writing .npy", out.display()))?;
-    tmp.persist(out).map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+    ndarray_npy::write_npy(tmp.path(), &arr)
+        .with_context(|| format!("{}: writing .npy", out.display()))?;
+    tmp.persist(out)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
     Ok(())
 }
 
 fn report_relaxed(report: &backbone::LoadReport) {
     if !report.missing.is_empty() {
-        eprintln!("not in checkpoint, left at initial values: {}", report.missing.join(", "));
+        eprintln!(
+            "not in checkpoint, left at initial values: {}",
+            report.missing.join(", ")
+        );
     }
     if !report.unexpected.is_empty() {
-        eprintln!("ignored (not in the model): {}", report.unexpected.join(", "));
+        eprintln!(
+            "ignored (not in the model): {}",
+            report.unexpected.join(", ")
+        );
     }
 }
 
-fn attention(checkpoint: &Path, args: &ModelArgs, image: &Path, out: &Path, resize: u32, threshold: f32) -> Result<()> {
+fn attention(
+    checkpoint: &Path,
+    args: &ModelArgs,
+    image: &Path,
+    out: &Path,
+    resize: u32,
+    threshold: f32,
+) -> Result<()> {
     let dev = device()?;
     let loaded = backbone::load(checkpoint, &args.spec(), DType::F32, &dev)?;
     report_relaxed(&loaded.report);
@@ -484,10 +565,15 @@ fn attention(checkpoint: &Path, args: &ModelArgs, image: &Path, out: &Path, resi
     let heads = attn.dim(1)?;
     let (rows, cols) = ((h / p) as usize, (w / p) as usize);
     // CLS query over the patch keys.
-    let cls_attn = attn.get(0)?.narrow(1, 0, 1)?.squeeze(1)?.narrow(1, 1, rows * cols)?;
+    let cls_attn = attn
+        .get(0)?
+        .narrow(1, 0, 1)?
+        .squeeze(1)?
+        .narrow(1, 1, rows * cols)?;
     let cls_attn: Vec<Vec<f32>> = cls_attn.to_device(&Device::Cpu)?.to_vec2()?;
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
-    img.save(out.join("img.png")).with_context(|| format!("{}: cannot write img.png", out.display()))?;
+    img.save(out.join("img.png"))
+        .with_context(|| format!("{}: cannot write img.png", out.display()))?;
     let mut summary = Vec::new();
     for (head, a) in cls_attn.iter().enumerate() {
         let mask = mass_threshold_mask(a, threshold);
@@ -502,8 +588,11 @@ fn attention(checkpoint: &Path, args: &ModelArgs, image: &Path, out: &Path, resi
         });
         let heat_path = out.join(format!("attn-head{head}.png"));
         let mask_path = out.join(format!("attn-head{head}-th{threshold}.png"));
-        heat.save(&heat_path).with_context(|| format!("{}: cannot write", heat_path.display()))?;
-        masked.save(&mask_path).with_context(|| format!("{}: cannot write", mask_path.display()))?;
+        heat.save(&heat_path)
+            .with_context(|| format!("{}: cannot write", heat_path.display()))?;
+        masked
+            .save(&mask_path)
+            .with_context(|| format!("{}: cannot write", mask_path.display()))?;
         summary.push(serde_json::json!({
             "head": head,
             "max": max,
@@ -511,8 +600,14 @@ fn attention(checkpoint: &Path, args: &ModelArgs, image: &Path, out: &Path, resi
         }));
     }
     let json = serde_json::json!({"image": image.display().to_string(), "grid": [rows, cols], "threshold": threshold, "heads": summary});
-    std::fs::write(out.join("attention.json"), serde_json::to_string_pretty(&json)?)?;
-    eprintln!("wrote {heads} attention maps ({rows}×{cols} patches) to {}", out.display());
+    std::fs::write(
+        out.join("attention.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    eprintln!(
+        "wrote {heads} attention maps ({rows}×{cols} patches) to {}",
+        out.display()
+    );
     Ok(())
 }
 
@@ -541,7 +636,12 @@ pub fn run_bench(cmd: BenchBackbone) -> Result<()> {
     let mut cfg = VitConfig::preset(&arch)?;
     cfg.img_size = size;
     let dev = device()?;
-    let model = backbone::build_model(&cfg, backbone::init::init_weights(&cfg, 0)?, DType::F32, &dev)?;
+    let model = backbone::build_model(
+        &cfg,
+        backbone::init::init_weights(&cfg, 0)?,
+        DType::F32,
+        &dev,
+    )?;
     let threads = candle_core::utils::get_num_threads();
     println!("{arch} at {size} px, f32, {threads} threads, device {dev:?}");
     for &b in &batch {
@@ -588,18 +688,30 @@ fn op_breakdown(cfg: &VitConfig, b: usize, dev: &Device) -> Result<()> {
         Ok(start.elapsed().as_secs_f64() / n as f64 * 1e3)
     };
     let rows = [
-        ("layer_norm ×2", 2.0 * time(&|| backbone::ops::layer_norm(&x, &w, &bias, 1e-6))?),
+        (
+            "layer_norm ×2",
+            2.0 * time(&|| backbone::ops::layer_norm(&x, &w, &bias, 1e-6))?,
+        ),
         ("qkv linear", time(&|| x2.matmul(&wqkv.t()?))?),
         ("q·kᵀ", time(&|| q.matmul(&q.t()?))?),
-        ("softmax", time(&|| backbone::ops::softmax_last_dim(&scores))?),
+        (
+            "softmax",
+            time(&|| backbone::ops::softmax_last_dim(&scores))?,
+        ),
         ("attn·v", time(&|| scores.matmul(&q))?),
-        ("proj linear", time(&|| x2.matmul(&wfc2.narrow(1, 0, d)?.t()?))?),
+        (
+            "proj linear",
+            time(&|| x2.matmul(&wfc2.narrow(1, 0, d)?.t()?))?,
+        ),
         ("fc1 linear", time(&|| x2.matmul(&wfc1.t()?))?),
         ("gelu_erf", time(&|| backbone::ops::gelu_erf(&hidden))?),
         ("fc2 linear", time(&|| hidden.matmul(&wfc2.t()?))?),
     ];
     let total: f64 = rows.iter().map(|r| r.1).sum();
-    println!("per-block op time at batch {b} (ms; ×{} blocks):", cfg.depth);
+    println!(
+        "per-block op time at batch {b} (ms; ×{} blocks):",
+        cfg.depth
+    );
     for (name, ms) in rows {
         println!("  {name:<14} {ms:8.2}  {:5.1}%", ms / total * 100.0);
     }

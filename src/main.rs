@@ -8,7 +8,11 @@ mod cmd_metrics;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "ibot", version, about = "iBOT pretraining and evaluation suite")]
+#[command(
+    name = "ibot",
+    version,
+    about = "iBOT pretraining and evaluation suite"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -37,7 +37,11 @@ impl VitConfig {
     /// `vit_small`, `vit_small/8`, `deit_small` (alias), patch 16 and 224 px unless given.
     pub fn preset(name: &str) -> Result<Self> {
         let (base, patch) = match name.split_once('/') {
-            Some((b, p)) => (b, p.parse::<usize>().map_err(|_| anyhow::anyhow!("bad patch size in {name:?}"))?),
+            Some((b, p)) => (
+                b,
+                p.parse::<usize>()
+                    .map_err(|_| anyhow::anyhow!("bad patch size in {name:?}"))?,
+            ),
             None => (name, 16),
         };
         let base = base.replace("deit", "vit");
@@ -71,16 +75,29 @@ impl VitConfig {
     pub fn preset_name(&self) -> Option<String> {
         PRESETS
             .iter()
-            .find(|p| p.1 == self.embed_dim && p.2 == self.depth && p.3 == self.num_heads && self.mlp_hidden == 4 * p.1)
+            .find(|p| {
+                p.1 == self.embed_dim
+                    && p.2 == self.depth
+                    && p.3 == self.num_heads
+                    && self.mlp_hidden == 4 * p.1
+            })
             .map(|p| format!("{}/{}", p.0, self.patch_size))
     }
 
     pub fn validate(&self) -> Result<()> {
         if self.num_heads == 0 || self.embed_dim % self.num_heads != 0 {
-            bail!("embed_dim {} is not divisible by num_heads {}", self.embed_dim, self.num_heads);
+            bail!(
+                "embed_dim {} is not divisible by num_heads {}",
+                self.embed_dim,
+                self.num_heads
+            );
         }
         if self.patch_size == 0 || self.img_size % self.patch_size != 0 {
-            bail!("img_size {} is not a multiple of patch_size {}", self.img_size, self.patch_size);
+            bail!(
+                "img_size {} is not a multiple of patch_size {}",
+                self.img_size,
+                self.patch_size
+            );
         }
         Ok(())
     }
@@ -89,9 +106,9 @@ impl VitConfig {
     /// in the shapes: they come from `heads`, else from the preset with this width, else 64-d heads.
     pub fn infer(shapes: &HashMap<String, Vec<usize>>, heads: Option<usize>) -> Result<Self> {
         let get = |k: &str| {
-            shapes
-                .get(k)
-                .ok_or_else(|| anyhow::anyhow!("cannot infer the architecture: key {k:?} is missing"))
+            shapes.get(k).ok_or_else(|| {
+                anyhow::anyhow!("cannot infer the architecture: key {k:?} is missing")
+            })
         };
         let patch = get("patch_embed.proj.weight")?;
         if patch.len() != 4 || patch[2] != patch[3] {
@@ -100,7 +117,9 @@ impl VitConfig {
         let (embed_dim, in_chans, patch_size) = (patch[0], patch[1], patch[2]);
         let pos = get("pos_embed")?;
         if pos.len() != 3 || pos[1] < 2 {
-            bail!("cannot infer the architecture: pos_embed has shape {pos:?}, expected [1, 1+N, D]");
+            bail!(
+                "cannot infer the architecture: pos_embed has shape {pos:?}, expected [1, 1+N, D]"
+            );
         }
         let n = pos[1] - 1;
         let grid = (n as f64).sqrt().round() as usize;
@@ -141,7 +160,12 @@ impl VitConfig {
 
     /// Every backbone key with its shape, in checkpoint order.
     pub fn expected_shapes(&self) -> Vec<(String, Vec<usize>)> {
-        let (d, h, p, c) = (self.embed_dim, self.mlp_hidden, self.patch_size, self.in_chans);
+        let (d, h, p, c) = (
+            self.embed_dim,
+            self.mlp_hidden,
+            self.patch_size,
+            self.in_chans,
+        );
         let n = self.grid() * self.grid();
         let mut v: Vec<(String, Vec<usize>)> = vec![
             ("cls_token".into(), vec![1, 1, d]),

@@ -20,7 +20,12 @@ pub use config::VitConfig;
 pub use vit::{Pool, TrainCtx, VisionTransformer};
 
 /// Build a model from named weights (already validated) on `device` in `dtype`.
-pub fn build_model(cfg: &VitConfig, weights: HashMap<String, Tensor>, dtype: DType, device: &Device) -> Result<VisionTransformer> {
+pub fn build_model(
+    cfg: &VitConfig,
+    weights: HashMap<String, Tensor>,
+    dtype: DType,
+    device: &Device,
+) -> Result<VisionTransformer> {
     let vb = VarBuilder::from_tensors(weights, dtype, device);
     Ok(VisionTransformer::new(cfg, vb)?)
 }

@@ -8,7 +8,11 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, D
 use rayon::prelude::*;
 
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
-    let x = if x.is_contiguous() { x.clone() } else { x.contiguous()? };
+    let x = if x.is_contiguous() {
+        x.clone()
+    } else {
+        x.contiguous()?
+    };
     if !x.track_op() && !weight.track_op() && !bias.track_op() {
         return candle_nn::ops::layer_norm(&x, weight, bias, eps as f32);
     }
@@ -66,7 +70,8 @@ fn exp_neg(x: f32) -> f32 {
     let p = 1.0
         + r * (1.0
             + r * (0.5
-                + r * (0.166_666_67 + r * (0.041_666_668 + r * (0.008_333_452 + r * 0.001_388_889)))));
+                + r * (0.166_666_67
+                    + r * (0.041_666_668 + r * (0.008_333_452 + r * 0.001_388_889)))));
     // SAFETY: n is an integer in [-126, 0] here (x ∈ [-87, 0]), so the conversion is exact; the
     // saturating `as` conversion would block vectorisation.
     let n = unsafe { n.to_int_unchecked::<i32>() };
@@ -77,7 +82,9 @@ fn exp_neg(x: f32) -> f32 {
 fn erf(x: f32) -> f32 {
     let a = x.abs();
     let t = 1.0 / (1.0 + 0.327_591_1 * a);
-    let poly = t * (0.254_829_6 + t * (-0.284_496_74 + t * (1.421_413_8 + t * (-1.453_152_1 + t * 1.061_405_4))));
+    let poly = t
+        * (0.254_829_6
+            + t * (-0.284_496_74 + t * (1.421_413_8 + t * (-1.453_152_1 + t * 1.061_405_4))));
     (1.0 - poly * exp_neg(-a * a)).copysign(x)
 }
 
@@ -122,7 +129,11 @@ macro_rules! elementwise_kernel {
 elementwise_kernel!(gelu_kernel, gelu);
 elementwise_kernel!(gelu_grad_kernel, gelu_grad);
 
-fn map_f32(storage: &CpuStorage, layout: &Layout, f: fn(&[f32], &mut [f32])) -> Result<(CpuStorage, Shape)> {
+fn map_f32(
+    storage: &CpuStorage,
+    layout: &Layout,
+    f: fn(&[f32], &mut [f32]),
+) -> Result<(CpuStorage, Shape)> {
     let CpuStorage::F32(src) = storage else {
         candle_core::bail!("expected f32 storage")
     };
@@ -165,7 +176,10 @@ fn softmax_row(src: &[f32], dst: &mut [f32]) {
                 m[i] = m[i].max(c[i]);
             }
         }
-        let max = chunks.remainder().iter().fold(m.iter().fold(f32::NEG_INFINITY, |a, b| a.max(*b)), |a, b| a.max(*b));
+        let max = chunks.remainder().iter().fold(
+            m.iter().fold(f32::NEG_INFINITY, |a, b| a.max(*b)),
+            |a, b| a.max(*b),
+        );
         for (d, s) in dst.iter_mut().zip(src) {
             *d = exp_neg(*s - max);
         }
@@ -258,7 +272,9 @@ mod tests {
         assert!(diff < 1e-6, "{diff}");
         let loss = (composed.sqr()?.sum_all()? + sm_c.sqr()?.sum_all()?)?;
         let grads = loss.backward()?;
-        let g = grads.get(xv.as_tensor()).expect("gradient reaches the input");
+        let g = grads
+            .get(xv.as_tensor())
+            .expect("gradient reaches the input");
         assert!(g.abs()?.sum_all()?.to_scalar::<f32>()? > 0.0);
         Ok(())
     }
@@ -273,7 +289,10 @@ mod tests {
         assert!(diff < 1e-6, "gelu max abs diff {diff}");
         for v in [-90.0f32, -10.0, -1.0, 0.0, 1e-3, 2.0, 50.0] {
             let want = 0.5 * v as f64 * (1.0 + erf_f64(v as f64 / 2f64.sqrt()));
-            assert!((gelu(v) as f64 - want).abs() < 1e-6 * want.abs().max(1.0), "gelu({v})");
+            assert!(
+                (gelu(v) as f64 - want).abs() < 1e-6 * want.abs().max(1.0),
+                "gelu({v})"
+            );
         }
         let xv = Var::from_tensor(&x)?;
         let g_ours = gelu_erf(xv.as_tensor())?.sum_all()?.backward()?;

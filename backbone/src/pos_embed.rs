@@ -71,13 +71,17 @@ impl PosEmbedInterpolator {
             .unsqueeze(0)?
             .broadcast_matmul(&grid)?
             .broadcast_matmul(&c.t()?.unsqueeze(0)?)?;
-        let patches = resized
-            .permute((1, 2, 0))?
-            .reshape((1, rows * cols, dim))?;
+        let patches = resized.permute((1, 2, 0))?.reshape((1, rows * cols, dim))?;
         Tensor::cat(&[&cls, &patches], 1)
     }
 
-    fn matrices(&self, n0: usize, rows: usize, cols: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+    fn matrices(
+        &self,
+        n0: usize,
+        rows: usize,
+        cols: usize,
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
         let key = (n0, rows, cols, format!("{device:?}"));
         let mut cache = self.cache.lock().expect("pos-embed cache poisoned");
         if let Some(m) = cache.get(&key) {

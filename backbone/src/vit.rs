@@ -139,10 +139,7 @@ impl Attention {
         let v = qkv.get(2)?.contiguous()?;
         let attn = (q.matmul(&k.t()?)? * self.scale)?;
         let attn = softmax_last_dim(&attn)?;
-        let out = attn
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((b, t, d))?;
+        let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
         Ok((self.proj.forward(&out)?, attn))
     }
 }
@@ -224,7 +221,8 @@ pub struct VisionTransformer {
 
 impl VisionTransformer {
     pub fn new(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
-        cfg.validate().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        cfg.validate()
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let d = cfg.embed_dim;
         let n = cfg.grid() * cfg.grid();
         let blocks = (0..cfg.depth)
@@ -269,19 +267,32 @@ impl VisionTransformer {
                     .to_dtype(DType::U8)?
                     .reshape((b, n, 1))?
                     .broadcast_as((b, n, d))?;
-                let token = token.to_dtype(tokens.dtype())?.reshape((1, 1, d))?.broadcast_as((b, n, d))?;
+                let token = token
+                    .to_dtype(tokens.dtype())?
+                    .reshape((1, 1, d))?
+                    .broadcast_as((b, n, d))?;
                 mask.where_cond(&token, &tokens)?
             }
-            (Some(_), None) => candle_core::bail!("a mask was given but the model has no masked_embed"),
+            (Some(_), None) => {
+                candle_core::bail!("a mask was given but the model has no masked_embed")
+            }
         };
-        let cls = self.cls_token.to_dtype(tokens.dtype())?.broadcast_as((b, 1, d))?;
+        let cls = self
+            .cls_token
+            .to_dtype(tokens.dtype())?
+            .broadcast_as((b, 1, d))?;
         let x = Tensor::cat(&[&cls, &tokens], 1)?;
         let pos = self.interpolator.interpolate(&self.pos_embed, rows, cols)?;
         x.broadcast_add(&pos.to_dtype(x.dtype())?)
     }
 
     /// The whole normalised token sequence [B, 1+N, D]; `ctx` enables drop-path (training).
-    pub fn forward_tokens(&self, x: &Tensor, mask: Option<&Tensor>, mut ctx: Option<&mut TrainCtx>) -> Result<Tensor> {
+    pub fn forward_tokens(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        mut ctx: Option<&mut TrainCtx>,
+    ) -> Result<Tensor> {
         let mut x = self.prepare_tokens(x, mask)?;
         for block in &self.blocks {
             x = block.forward(&x, ctx.as_deref_mut())?;
@@ -339,7 +350,9 @@ impl std::str::FromStr for Pool {
             "cls" => Ok(Pool::Cls),
             "avg" => Ok(Pool::Avg),
             "cls+avg" | "clsavg" => Ok(Pool::ClsAvg),
-            _ => Err(format!("unknown pooling {s:?}: expected cls, avg or cls+avg")),
+            _ => Err(format!(
+                "unknown pooling {s:?}: expected cls, avg or cls+avg"
+            )),
         }
     }
 }

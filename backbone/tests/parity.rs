@@ -8,7 +8,9 @@ use backbone::{load, Checkpoint, LoadOptions, LoadSpec, Pool};
 use candle_core::{DType, Device, Tensor};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 fn goldens() -> HashMap<String, Tensor> {
@@ -33,8 +35,21 @@ fn pattern(b: usize, h: usize, w: usize) -> Tensor {
 /// max |a − b| / max |b|
 fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shape mismatch");
-    let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-    let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let diff = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let scale = b
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     diff / scale
 }
 
@@ -54,7 +69,9 @@ fn check_model(path: &Path, key: Option<&str>, heads: usize, tag: &str, sizes: &
         let e = rel_err(&out, &g[&format!("{tag}.tokens.{h}x{w}")]);
         assert!(e <= TOL, "{tag} tokens at {h}x{w}: relative error {e:e}");
         let cls = model.forward_cls(&pattern(2, h, w)).unwrap();
-        let want = g[&format!("{tag}.tokens.{h}x{w}")].get_on_dim(1, 0).unwrap();
+        let want = g[&format!("{tag}.tokens.{h}x{w}")]
+            .get_on_dim(1, 0)
+            .unwrap();
         assert!(rel_err(&cls, &want) <= TOL);
     }
     let (h, w) = *sizes.last().unwrap();
@@ -71,22 +88,52 @@ fn check_model(path: &Path, key: Option<&str>, heads: usize, tag: &str, sizes: &
 #[test]
 fn full_training_checkpoint_teacher_matches_pytorch() {
     // Auto-selects `teacher`, strips `backbone.`, skips head/optimizer/args, reads strided views.
-    check_model(&fixture("vit_p16_full.pth"), None, 2, "p16", &[(224, 224), (96, 96), (160, 96)]);
+    check_model(
+        &fixture("vit_p16_full.pth"),
+        None,
+        2,
+        "p16",
+        &[(224, 224), (96, 96), (160, 96)],
+    );
 }
 
 #[test]
 fn student_key_with_module_prefix_and_mask_token_loads() {
-    check_model(&fixture("vit_p16_full.pth"), Some("student"), 2, "p16", &[(224, 224), (160, 96)]);
+    check_model(
+        &fixture("vit_p16_full.pth"),
+        Some("student"),
+        2,
+        "p16",
+        &[(224, 224), (160, 96)],
+    );
     let ck = Checkpoint::open(&fixture("vit_p16_full.pth")).unwrap();
     let sel = ck.select(Some("student")).unwrap();
     assert!(sel.backbone.contains_key("masked_embed"));
-    assert!(sel.other.iter().all(|k| k.starts_with("student.module.head.")), "{:?}", sel.other);
+    assert!(
+        sel.other
+            .iter()
+            .all(|k| k.starts_with("student.module.head.")),
+        "{:?}",
+        sel.other
+    );
 }
 
 #[test]
 fn state_dict_wrapper_and_safetensors_match_pytorch() {
-    check_model(&fixture("vit_p8_state_dict.pth"), None, 2, "p8", &[(112, 112), (80, 48)]);
-    check_model(&fixture("vit_p8.safetensors"), None, 2, "p8", &[(112, 112), (80, 48)]);
+    check_model(
+        &fixture("vit_p8_state_dict.pth"),
+        None,
+        2,
+        "p8",
+        &[(112, 112), (80, 48)],
+    );
+    check_model(
+        &fixture("vit_p8.safetensors"),
+        None,
+        2,
+        "p8",
+        &[(112, 112), (80, 48)],
+    );
 }
 
 #[test]
@@ -109,7 +156,11 @@ fn interpolated_position_embedding_matches_pytorch_bicubic() {
 fn training_checkpoint_structure_is_reported() {
     let ck = Checkpoint::open(&fixture("vit_p16_full.pth")).unwrap();
     let groups = ck.top_level_groups();
-    assert_eq!(groups[..2], ["student".to_string(), "teacher".to_string()], "file order is kept");
+    assert_eq!(
+        groups[..2],
+        ["student".to_string(), "teacher".to_string()],
+        "file order is kept"
+    );
     for g in ["student", "teacher", "optimizer", "ibot_loss"] {
         assert!(groups.contains(&g.to_string()), "{groups:?}");
     }
@@ -117,14 +168,23 @@ fn training_checkpoint_structure_is_reported() {
     assert_eq!(sel.key.as_deref(), Some("teacher"));
     assert_eq!(sel.backbone.len(), 4 + 4 * 12 + 2);
     // The shared last layer is stored once: last_layer2 aliases last_layer.
-    let teacher: Vec<String> = ck.names().into_iter().filter(|n| n.starts_with("teacher.")).collect();
+    let teacher: Vec<String> = ck
+        .names()
+        .into_iter()
+        .filter(|n| n.starts_with("teacher."))
+        .collect();
     let aliases = ck.aliases(&teacher);
     assert_eq!(
-        aliases.get("teacher.head.last_layer2.weight_v").map(String::as_str),
+        aliases
+            .get("teacher.head.last_layer2.weight_v")
+            .map(String::as_str),
         Some("teacher.head.last_layer.weight_v")
     );
     let cfg = ck.infer_config(&sel, None, Some(2)).unwrap();
-    assert_eq!((cfg.embed_dim, cfg.depth, cfg.patch_size, cfg.img_size), (24, 4, 16, 224));
+    assert_eq!(
+        (cfg.embed_dim, cfg.depth, cfg.patch_size, cfg.img_size),
+        (24, 4, 16, 224)
+    );
 }
 
 #[test]
@@ -157,19 +217,34 @@ fn features_pool_layouts() {
 #[test]
 fn strict_loading_lists_missing_and_misshaped_keys() {
     let dir = tempfile::tempdir().unwrap();
-    let mut weights = candle_core::safetensors::load(fixture("vit_p8.safetensors"), &Device::Cpu).unwrap();
+    let mut weights =
+        candle_core::safetensors::load(fixture("vit_p8.safetensors"), &Device::Cpu).unwrap();
     weights.remove("blocks.2.attn.proj.bias");
-    weights.insert("blocks.1.mlp.fc1.weight".into(), Tensor::zeros((10, 16), DType::F32, &Device::Cpu).unwrap());
-    weights.insert("extra.weight".into(), Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap());
+    weights.insert(
+        "blocks.1.mlp.fc1.weight".into(),
+        Tensor::zeros((10, 16), DType::F32, &Device::Cpu).unwrap(),
+    );
+    weights.insert(
+        "extra.weight".into(),
+        Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap(),
+    );
     let path = dir.path().join("bad.safetensors");
     candle_core::safetensors::save(&weights, &path).unwrap();
     let spec = LoadSpec {
         heads: Some(2),
         ..Default::default()
     };
-    let err = load(&path, &spec, DType::F32, &Device::Cpu).err().expect("strict load must fail");
+    let err = load(&path, &spec, DType::F32, &Device::Cpu)
+        .err()
+        .expect("strict load must fail");
     let msg = format!("{err:#}");
-    for needle in ["bad.safetensors", "blocks.2.attn.proj.bias", "blocks.1.mlp.fc1.weight", "[10, 16]", "extra.weight"] {
+    for needle in [
+        "bad.safetensors",
+        "blocks.2.attn.proj.bias",
+        "blocks.1.mlp.fc1.weight",
+        "[10, 16]",
+        "extra.weight",
+    ] {
         assert!(msg.contains(needle), "{needle} not in {msg}");
     }
     // Mis-shaped keys stay an error even when missing/unexpected ones are allowed.
@@ -182,10 +257,16 @@ fn strict_loading_lists_missing_and_misshaped_keys() {
         ..Default::default()
     };
     assert!(load(&path, &relaxed, DType::F32, &Device::Cpu).is_err());
-    weights.insert("blocks.1.mlp.fc1.weight".into(), Tensor::zeros((64, 16), DType::F32, &Device::Cpu).unwrap());
+    weights.insert(
+        "blocks.1.mlp.fc1.weight".into(),
+        Tensor::zeros((64, 16), DType::F32, &Device::Cpu).unwrap(),
+    );
     candle_core::safetensors::save(&weights, &path).unwrap();
     let loaded = load(&path, &relaxed, DType::F32, &Device::Cpu).unwrap();
-    assert_eq!(loaded.report.missing, vec!["blocks.2.attn.proj.bias".to_string()]);
+    assert_eq!(
+        loaded.report.missing,
+        vec!["blocks.2.attn.proj.bias".to_string()]
+    );
     assert_eq!(loaded.report.unexpected, vec!["extra.weight".to_string()]);
 }
 
@@ -193,7 +274,10 @@ fn strict_loading_lists_missing_and_misshaped_keys() {
 fn wrong_key_and_corrupt_files_are_clear_errors() {
     let ck = Checkpoint::open(&fixture("vit_p16_full.pth")).unwrap();
     let msg = format!("{:#}", ck.select(Some("model")).unwrap_err());
-    assert!(msg.contains("\"model\" not found") && msg.contains("teacher"), "{msg}");
+    assert!(
+        msg.contains("\"model\" not found") && msg.contains("teacher"),
+        "{msg}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let bytes = std::fs::read(fixture("vit_p16_full.pth")).unwrap();
@@ -215,7 +299,9 @@ fn wrong_key_and_corrupt_files_are_clear_errors() {
 fn presets_match_timm_at_224() {
     for (name, heads) in [("vit_small_patch16_224", 6), ("vit_base_patch16_224", 12)] {
         let w = PathBuf::from(format!("/tmp/{name}.safetensors"));
-        let cls = candle_core::safetensors::load(format!("/tmp/{name}.cls.safetensors"), &Device::Cpu).unwrap();
+        let cls =
+            candle_core::safetensors::load(format!("/tmp/{name}.cls.safetensors"), &Device::Cpu)
+                .unwrap();
         let spec = LoadSpec {
             heads: Some(heads),
             ..Default::default()
@@ -227,4 +313,3 @@ fn presets_match_timm_at_224() {
         assert!(e <= TOL);
     }
 }
-

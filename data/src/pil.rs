@@ -104,13 +104,34 @@ fn clip8(v: i32) -> u8 {
     (v >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
+/// Which of the two separable passes runs first. Each pass rounds to uint8, so the order changes
+/// the output by a level or two on natural images (more on hard edges).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassOrder {
+    HorizontalFirst,
+    VerticalFirst,
+}
+
+impl PassOrder {
+    /// The order Pillow 13's `ImagingResampleInner` (Resample.c) picks for a full-image resize:
+    /// vertical first exactly when the height shrinks, and by more than twice as many pixels as
+    /// the width shrinks (`(H - h) > 0 && (H - h) > 2 * (W - w)`, integer pixel counts, so an
+    /// upscaled width always counts as a negative shrink). Older Pillow (e.g. 10.x) always ran
+    /// horizontal first; goldens made with those would need `PassOrder::HorizontalFirst`.
+    pub fn pillow(width: usize, height: usize, out_w: usize, out_h: usize) -> PassOrder {
+        let shrink_h = height as i64 - out_h as i64;
+        let shrink_w = width as i64 - out_w as i64;
+        if shrink_h > 0 && shrink_h > 2 * shrink_w {
+            PassOrder::VerticalFirst
+        } else {
+            PassOrder::HorizontalFirst
+        }
+    }
+}
+
 /// PIL `Image.resize((out_w, out_h), filter)` on an interleaved 8-bit image with `channels`
-/// channels. Antialiasing comes from the support growing with the downscale factor.
-///
-/// Like upstream Pillow's `ImagingResampleInner`, the horizontal pass runs first and its result
-/// is rounded to uint8 before the vertical pass. (Pillow 13 sometimes runs the vertical pass
-/// first; each pass is still byte-exact — see [`resample_vertical_first`] — and the two orders
-/// differ by at most a level or two on natural images.)
+/// channels, passes in the order Pillow 13 picks ([`PassOrder::pillow`]). Antialiasing comes
+/// from the support growing with the downscale factor.
 pub fn resample(
     src: &[u8],
     width: usize,
@@ -120,31 +141,13 @@ pub fn resample(
     out_h: usize,
     filter: Interpolation,
 ) -> Vec<u8> {
-    assert_eq!(src.len(), width * height * channels);
-    if out_w == width && out_h == height {
-        return src.to_vec();
-    }
-    if filter == Interpolation::Nearest {
-        return scale_nearest(src, width, height, channels, out_w, out_h);
-    }
-    let vert = precompute_coeffs(height, out_h, filter);
-    if out_w == width {
-        return vertical_pass(src, width, 0, channels, &vert);
-    }
-    let horiz = precompute_coeffs(width, out_w, filter);
-    // Only the source rows the vertical pass reads are resampled horizontally.
-    let first = vert.bounds[0].0;
-    let last = vert.bounds[out_h - 1];
-    let rows = &src[first * width * channels..(last.0 + last.1) * width * channels];
-    let tmp = horizontal_pass(rows, width, channels, &horiz);
-    if out_h == height {
-        return tmp;
-    }
-    vertical_pass(&tmp, out_w, first, channels, &vert)
+    let order = PassOrder::pillow(width, height, out_w, out_h);
+    resample_in_order(src, width, height, channels, out_w, out_h, filter, order)
 }
 
-/// The same two passes in the other order (vertical first), as Pillow 13 does for some sizes.
-pub fn resample_vertical_first(
+/// [`resample`] with the pass order forced; an axis whose size does not change gets no pass.
+#[allow(clippy::too_many_arguments)]
+pub fn resample_in_order(
     src: &[u8],
     width: usize,
     height: usize,
@@ -152,9 +155,48 @@ pub fn resample_vertical_first(
     out_w: usize,
     out_h: usize,
     filter: Interpolation,
+    order: PassOrder,
 ) -> Vec<u8> {
-    let tmp = resample(src, width, height, channels, width, out_h, filter);
-    resample(&tmp, width, out_h, channels, out_w, out_h, filter)
+    assert_eq!(src.len(), width * height * channels);
+    if out_w == width && out_h == height {
+        return src.to_vec();
+    }
+    if filter == Interpolation::Nearest {
+        return scale_nearest(src, width, height, channels, out_w, out_h);
+    }
+    let need_horizontal = out_w != width;
+    let need_vertical = out_h != height;
+    match order {
+        PassOrder::HorizontalFirst => {
+            let vert = precompute_coeffs(height, out_h, filter);
+            if !need_horizontal {
+                return vertical_pass(src, width, 0, channels, &vert);
+            }
+            let horiz = precompute_coeffs(width, out_w, filter);
+            // Only the source rows the vertical pass reads are resampled horizontally.
+            let first = vert.bounds[0].0;
+            let last = vert.bounds[out_h - 1];
+            let rows = &src[first * width * channels..(last.0 + last.1) * width * channels];
+            let tmp = horizontal_pass(rows, width, channels, &horiz);
+            if !need_vertical {
+                return tmp;
+            }
+            vertical_pass(&tmp, out_w, first, channels, &vert)
+        }
+        PassOrder::VerticalFirst => {
+            let tmp = if need_vertical {
+                let vert = precompute_coeffs(height, out_h, filter);
+                vertical_pass(src, width, 0, channels, &vert)
+            } else {
+                src.to_vec()
+            };
+            if !need_horizontal {
+                return tmp;
+            }
+            let horiz = precompute_coeffs(width, out_w, filter);
+            horizontal_pass(&tmp, width, channels, &horiz)
+        }
+    }
 }
 
 fn horizontal_pass(rows: &[u8], width: usize, channels: usize, horiz: &Coeffs) -> Vec<u8> {

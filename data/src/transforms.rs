@@ -30,7 +30,7 @@ pub fn resize_shorter(img: &RgbImage, size: u32, filter: Interpolation) -> RgbIm
     resize(img, w, h, filter)
 }
 
-/// PIL `img.resize((width, height), filter)`.
+/// PIL `img.resize((width, height), filter)`, passes in Pillow 13's order.
 pub fn resize(img: &RgbImage, width: u32, height: u32, filter: Interpolation) -> RgbImage {
     let out = pil::resample(
         img.as_raw(),
@@ -138,9 +138,9 @@ pub fn write_normalized_chw(img: &RgbImage, mean: [f32; 3], std: [f32; 3], out: 
     let (g, b) = rest.split_at_mut(plane);
     let planes = [r, g, b];
     let mut lut = [[0f32; 256]; 3];
-    for c in 0..3 {
-        for v in 0..256 {
-            lut[c][v] = (v as f32 / 255.0 - mean[c]) / std[c];
+    for (c, table) in lut.iter_mut().enumerate() {
+        for (v, entry) in table.iter_mut().enumerate() {
+            *entry = (v as f32 / 255.0 - mean[c]) / std[c];
         }
     }
     for (i, px) in img.as_raw().chunks_exact(3).enumerate() {

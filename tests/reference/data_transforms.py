@@ -90,18 +90,35 @@ def main():
             for filt in FILTERS:
                 out = F.resize(imgs[name], size, TV_FILTERS[filt])
                 add("resize_shorter", {"input": name, "size": size, "filter": filt}, img_arr(out), "u8")
-    # Smooth (blurred) inputs: the default pass order must be within 2 levels of PIL here.
+    # Smooth (blurred) inputs, which is what natural images look like to a resampler.
     for name, sizes in [("land", [13, 20, 32]), ("port", [7, 11, 32])]:
         smooth = imgs[name].filter(ImageFilter.GaussianBlur(radius=2.0))
         for size in sizes:
             out = F.resize(smooth, size, TV_FILTERS["bicubic"])
             add("resize_shorter_smooth", {"input": name, "blur": 2.0, "size": size, "filter": "bicubic"},
                 img_arr(out), "u8")
-    # Explicit (w, h) resizes, independent per axis (one axis may stay unchanged).
-    for name, w, h in [("land", 17, 29), ("land", 61, 13), ("port", 7, 90), ("tiny", 30, 2)]:
+    # Explicit (w, h) resizes, independent per axis (one axis may stay unchanged). Pillow 13 runs the
+    # vertical pass first iff (H - h) > 0 and (H - h) > 2 * (W - w); the shapes cover both orders:
+    # both axes up, both down, one up and one down, and the rule's boundary (land 61x47: H - h = 20 =
+    # 2 * (W - w) is horizontal first, H - h = 21 vertical first).
+    for name, w, h in [("land", 17, 29), ("land", 61, 13), ("port", 7, 90), ("tiny", 30, 2),
+                       ("tiny", 23, 17), ("port", 30, 20), ("land", 20, 40), ("land", 80, 12),
+                       ("port", 10, 100), ("land", 51, 27), ("land", 51, 26), ("small", 31, 7)]:
         for filt in FILTERS:
             out = imgs[name].resize((w, h), FILTERS[filt])
             add("resize", {"input": name, "width": w, "height": h, "filter": filt}, img_arr(out), "u8")
+    # A seeded sweep of small output shapes (sizes are stored in the params, not re-drawn in Rust).
+    sweep = np.random.default_rng(20240613)
+    for name in ["land", "port", "small"] * 6:
+        w, h = (int(v) for v in sweep.integers(1, 21, size=2))
+        filt = ["bicubic", "bilinear"][int(sweep.integers(0, 2))]
+        out = imgs[name].resize((w, h), FILTERS[filt])
+        add("resize", {"input": name, "width": w, "height": h, "filter": filt}, img_arr(out), "u8")
+    for name, w, h in [("land", 15, 9), ("port", 9, 24), ("land", 23, 11)]:
+        smooth = imgs[name].filter(ImageFilter.GaussianBlur(radius=2.0))
+        out = smooth.resize((w, h), Image.BICUBIC)
+        add("resize_smooth", {"input": name, "blur": 2.0, "width": w, "height": h, "filter": "bicubic"},
+            img_arr(out), "u8")
 
     # CenterCrop: Python round() (half to even) and zero padding when the crop is larger.
     for name, size in [("land", 30), ("land", 31), ("land", 46), ("port", 39), ("tiny", 8), ("land", 70)]:
@@ -113,10 +130,13 @@ def main():
     ev = T.Compose([T.Resize(40, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(36), tt])
     add("eval_transform", {"input": "port", "resize": 40, "crop": 36}, ev(imgs["port"]).numpy(), "f32")
 
-    # resized_crop = RandomResizedCrop after its parameters are drawn.
-    for (i, j, h, w, size, filt) in [(3, 5, 30, 40, 24, "bicubic"), (0, 0, 47, 61, 16, "bilinear"),
-                                     (10, 2, 12, 9, 20, "bicubic")]:
-        out = F.resized_crop(imgs["land"], i, j, h, w, [size, size], TV_FILTERS[filt])
+    # resized_crop = RandomResizedCrop after its parameters are drawn: PIL crops (a new image), then
+    # resizes the crop, so the pass order follows the crop's shape. size is [height, width].
+    for (i, j, h, w, size, filt) in [(3, 5, 30, 40, [24, 24], "bicubic"), (0, 0, 47, 61, [16, 16], "bilinear"),
+                                     (10, 2, 12, 9, [20, 20], "bicubic"), (2, 20, 45, 12, [16, 16], "bicubic"),
+                                     (1, 3, 45, 30, [16, 16], "bilinear"), (5, 0, 12, 40, [20, 20], "bicubic"),
+                                     (0, 10, 40, 25, [18, 30], "bicubic"), (7, 7, 33, 33, [12, 20], "bilinear")]:
+        out = F.resized_crop(imgs["land"], i, j, h, w, size, TV_FILTERS[filt])
         add("resized_crop", {"input": "land", "top": i, "left": j, "height": h, "width": w,
                              "size": size, "filter": filt}, img_arr(out), "u8")
 

@@ -84,8 +84,11 @@ pub struct LoadOptions {
 
 fn detect_format(path: &Path) -> Result<Format> {
     let mut head = [0u8; 9];
-    let mut file = std::fs::File::open(path).with_context(|| format!("{}: cannot open checkpoint", path.display()))?;
-    let n = file.read(&mut head).with_context(|| format!("{}: cannot read", path.display()))?;
+    let mut file = std::fs::File::open(path)
+        .with_context(|| format!("{}: cannot open checkpoint", path.display()))?;
+    let n = file
+        .read(&mut head)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
     let head = &head[..n];
     if head.starts_with(b"PK") {
         return Ok(Format::Pth);
@@ -102,7 +105,10 @@ fn detect_format(path: &Path) -> Result<Format> {
     if n == 0 {
         bail!("{}: file is empty", path.display());
     }
-    bail!("{}: neither a PyTorch zip checkpoint nor a safetensors file", path.display())
+    bail!(
+        "{}: neither a PyTorch zip checkpoint nor a safetensors file",
+        path.display()
+    )
 }
 
 impl Checkpoint {
@@ -131,11 +137,17 @@ impl Checkpoint {
                 })
             }
             Format::Safetensors => {
-                let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-                let st = safetensors::SafeTensors::deserialize(&bytes)
-                    .map_err(|e| anyhow::anyhow!("{}: invalid safetensors file (truncated?): {e}", path.display()))?;
-                let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
-                    .map_err(|e| anyhow::anyhow!("{}: invalid safetensors header: {e}", path.display()))?;
+                let bytes = std::fs::read(path)
+                    .with_context(|| format!("{}: cannot read", path.display()))?;
+                let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
+                    anyhow::anyhow!(
+                        "{}: invalid safetensors file (truncated?): {e}",
+                        path.display()
+                    )
+                })?;
+                let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
+                    anyhow::anyhow!("{}: invalid safetensors header: {e}", path.display())
+                })?;
                 let mut entries = Vec::new();
                 for (name, view) in st.tensors() {
                     let dtype = DType::try_from(view.dtype())
@@ -200,7 +212,11 @@ impl Checkpoint {
     /// has), strip `module.`/`backbone.` prefixes, and split backbone from other keys.
     pub fn select(&self, key: Option<&str>) -> Result<Selection> {
         let groups = self.top_level_groups();
-        let has_group = |k: &str| self.entries.iter().any(|e| e.name.starts_with(&format!("{k}.")));
+        let has_group = |k: &str| {
+            self.entries
+                .iter()
+                .any(|e| e.name.starts_with(&format!("{k}.")))
+        };
         let key: Option<String> = match key {
             Some(k) => {
                 if !has_group(k) {
@@ -241,7 +257,10 @@ impl Checkpoint {
             };
             if is_backbone {
                 if let Some(prev) = backbone.insert(name.clone(), full.clone()) {
-                    bail!("{}: keys {prev} and {full} both map to backbone key {name}", self.path.display());
+                    bail!(
+                        "{}: keys {prev} and {full} both map to backbone key {name}",
+                        self.path.display()
+                    );
                 }
             } else {
                 other.push(full);
@@ -251,7 +270,9 @@ impl Checkpoint {
             bail!(
                 "{}: no backbone weights under {}; top-level keys: {}",
                 self.path.display(),
-                key.as_deref().map(|k| format!("key {k:?}")).unwrap_or_else(|| "the root".into()),
+                key.as_deref()
+                    .map(|k| format!("key {k:?}"))
+                    .unwrap_or_else(|| "the root".into()),
                 groups.join(", ")
             );
         }
@@ -274,7 +295,8 @@ impl Checkpoint {
 
     /// Backbone shapes (normalised names) of a selection.
     pub fn backbone_shapes(&self, sel: &Selection) -> HashMap<String, Vec<usize>> {
-        let by_name: HashMap<&str, &Entry> = self.entries.iter().map(|e| (e.name.as_str(), e)).collect();
+        let by_name: HashMap<&str, &Entry> =
+            self.entries.iter().map(|e| (e.name.as_str(), e)).collect();
         sel.backbone
             .iter()
             .map(|(k, full)| (k.clone(), by_name[full.as_str()].shape.clone()))
@@ -283,10 +305,16 @@ impl Checkpoint {
 
     /// The architecture: from `arch` if given (with the checkpoint's position-embedding grid),
     /// else from safetensors metadata written by `save_backbone`, else inferred from shapes.
-    pub fn infer_config(&self, sel: &Selection, arch: Option<&str>, heads: Option<usize>) -> Result<VitConfig> {
+    pub fn infer_config(
+        &self,
+        sel: &Selection,
+        arch: Option<&str>,
+        heads: Option<usize>,
+    ) -> Result<VitConfig> {
         let shapes = self.backbone_shapes(sel);
         let heads = heads.or_else(|| self.metadata.get("num_heads").and_then(|h| h.parse().ok()));
-        let inferred = VitConfig::infer(&shapes, heads).with_context(|| format!("{}", self.path.display()))?;
+        let inferred =
+            VitConfig::infer(&shapes, heads).with_context(|| format!("{}", self.path.display()))?;
         match arch {
             None => Ok(inferred),
             Some(arch) => {
@@ -325,7 +353,8 @@ impl Checkpoint {
 
     /// Every tensor of the file (or of one sub-dict), full names, in file order.
     pub fn read_all(&self, names: &[String]) -> Result<Vec<(String, Tensor)>> {
-        let by_name: HashMap<&str, &Entry> = self.entries.iter().map(|e| (e.name.as_str(), e)).collect();
+        let by_name: HashMap<&str, &Entry> =
+            self.entries.iter().map(|e| (e.name.as_str(), e)).collect();
         let mut reader = None;
         names
             .iter()
@@ -349,7 +378,11 @@ impl Checkpoint {
         let wanted: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
         let mut seen: HashMap<(String, usize, Vec<usize>, Vec<usize>), String> = HashMap::new();
         let mut aliases = BTreeMap::new();
-        for e in self.entries.iter().filter(|e| wanted.contains(e.name.as_str())) {
+        for e in self
+            .entries
+            .iter()
+            .filter(|e| wanted.contains(e.name.as_str()))
+        {
             if let Source::Pth(t) = &e.source {
                 let key = (
                     t.info.path.clone(),
@@ -386,11 +419,14 @@ impl Checkpoint {
         for (k, shape) in &expected {
             match shapes.get(k) {
                 None => missing.push(k.clone()),
-                Some(s) if s != shape => mismatched.push(format!("{k}: checkpoint {s:?}, model {shape:?}")),
+                Some(s) if s != shape => {
+                    mismatched.push(format!("{k}: checkpoint {s:?}, model {shape:?}"))
+                }
                 Some(_) => {}
             }
         }
-        let expected_names: std::collections::HashSet<&str> = expected.iter().map(|(k, _)| k.as_str()).collect();
+        let expected_names: std::collections::HashSet<&str> =
+            expected.iter().map(|(k, _)| k.as_str()).collect();
         // A student's mask token is harmless extra state when evaluating.
         let unexpected: Vec<String> = sel
             .backbone
@@ -399,10 +435,18 @@ impl Checkpoint {
             .cloned()
             .collect();
         // Teachers never have `masked_embed`; a fresh zero token is what the official code starts from.
-        let hard_missing: Vec<String> = missing.iter().filter(|k| k.as_str() != "masked_embed").cloned().collect();
+        let hard_missing: Vec<String> = missing
+            .iter()
+            .filter(|k| k.as_str() != "masked_embed")
+            .cloned()
+            .collect();
         let mut problems = Vec::new();
         if !mismatched.is_empty() {
-            problems.push(format!("mis-shaped keys ({}):\n    {}", mismatched.len(), mismatched.join("\n    ")));
+            problems.push(format!(
+                "mis-shaped keys ({}):\n    {}",
+                mismatched.len(),
+                mismatched.join("\n    ")
+            ));
         }
         if !hard_missing.is_empty() && !opts.allow_missing {
             problems.push(format!(
@@ -412,7 +456,11 @@ impl Checkpoint {
             ));
         }
         if !unexpected.is_empty() && !opts.allow_unexpected {
-            problems.push(format!("unexpected keys ({}):\n    {}", unexpected.len(), unexpected.join("\n    ")));
+            problems.push(format!(
+                "unexpected keys ({}):\n    {}",
+                unexpected.len(),
+                unexpected.join("\n    ")
+            ));
         }
         if !problems.is_empty() {
             bail!(
@@ -449,7 +497,12 @@ impl Checkpoint {
 }
 
 fn check_finite(t: &Tensor) -> Result<()> {
-    let bad = t.flatten_all()?.to_vec1::<f32>()?.iter().filter(|v| !v.is_finite()).count();
+    let bad = t
+        .flatten_all()?
+        .to_vec1::<f32>()?
+        .iter()
+        .filter(|v| !v.is_finite())
+        .count();
     if bad > 0 {
         bail!("{bad} non-finite values");
     }
@@ -475,7 +528,10 @@ fn strip_wrappers(name: &str) -> (bool, String) {
 /// Keys of bare state dicts that belong to heads, not to the backbone (iBOT head saved with
 /// `--with_head`, timm/DeiT classifier).
 fn is_non_backbone(name: &str) -> bool {
-    name.starts_with("head.") || name == "head" || name.starts_with("head_dist.") || name.starts_with("fc_norm.")
+    name.starts_with("head.")
+        || name == "head"
+        || name.starts_with("head_dist.")
+        || name.starts_with("fc_norm.")
 }
 
 /// Sort key that orders `blocks.10` after `blocks.9`.
@@ -489,9 +545,17 @@ pub fn natural_key(name: &str) -> Vec<(String, u64)> {
 }
 
 /// Write tensors as safetensors atomically (temp file in the target directory, then rename).
-pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)], metadata: HashMap<String, String>) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("{}: cannot create a temporary file", dir.display()))?;
+pub fn save_safetensors(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: HashMap<String, String>,
+) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("{}: cannot create a temporary file", dir.display()))?;
     let data: Vec<(String, Tensor)> = tensors
         .iter()
         .map(|(n, t)| Ok((n.clone(), t.contiguous()?)))
@@ -499,7 +563,12 @@ pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)], metadata: Has
     let views: Vec<(&str, &Tensor)> = data.iter().map(|(n, t)| (n.as_str(), t)).collect();
     safetensors::tensor::serialize_to_file(views, Some(metadata), tmp.path())
         .map_err(|e| anyhow::anyhow!("{}: writing safetensors: {e}", path.display()))?;
-    tmp.persist(path).map_err(|e| anyhow::anyhow!("{}: cannot move the finished file into place: {e}", path.display()))?;
+    tmp.persist(path).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: cannot move the finished file into place: {e}",
+            path.display()
+        )
+    })?;
     Ok(())
 }
 

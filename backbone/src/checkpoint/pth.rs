@@ -82,7 +82,9 @@ fn walk(obj: Object, prefix: String, dir: &Path, out: &mut Vec<(String, PthTenso
             }
         }
         // `torch.save(module)` wraps the state in a Build of a `__torch__.Module`.
-        Object::Build { args, .. } if matches!(*args, Object::Dict(_)) => walk(*args, prefix, dir, out),
+        Object::Build { args, .. } if matches!(*args, Object::Dict(_)) => {
+            walk(*args, prefix, dir, out)
+        }
         other => {
             if prefix.is_empty() {
                 return;
@@ -190,7 +192,8 @@ impl PthReader {
         let mut out = Vec::with_capacity(numel * elem);
         let mut index = vec![0usize; dims.len()];
         for _ in 0..numel {
-            let src: usize = offset_elems + index.iter().zip(strides).map(|(i, s)| i * s).sum::<usize>();
+            let src: usize =
+                offset_elems + index.iter().zip(strides).map(|(i, s)| i * s).sum::<usize>();
             out.extend_from_slice(&storage[src * elem..(src + 1) * elem]);
             for axis in (0..dims.len()).rev() {
                 index[axis] += 1;
