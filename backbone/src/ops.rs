@@ -99,35 +99,46 @@ fn gelu_grad(x: f32) -> f32 {
     0.5 * (1.0 + erf(x * SQRT1_2)) + x * INV_SQRT_2PI * exp_neg(-0.5 * x * x)
 }
 
-/// Apply `f` element-wise; compiled a second time with AVX2+FMA and chosen at run time, since the
-/// portable x86-64 baseline (SSE2) vectorises these polynomials poorly.
-macro_rules! elementwise_kernel {
-    ($name:ident, $f:expr) => {
-        fn $name(src: &[f32], dst: &mut [f32]) {
-            #[inline(always)]
-            fn body(src: &[f32], dst: &mut [f32]) {
-                for (d, s) in dst.iter_mut().zip(src) {
-                    *d = $f(*s);
-                }
-            }
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2(src: &[f32], dst: &mut [f32]) {
-                    body(src, dst)
-                }
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                    // SAFETY: the CPU supports the enabled features (checked just above).
-                    return unsafe { avx2(src, dst) };
-                }
-            }
-            body(src, dst)
+/// Run `kernel` compiled a second time with AVX2+FMA when the CPU has them: the portable x86-64
+/// baseline (SSE2) vectorises these polynomials and reductions poorly. `kernel` must be an
+/// `#[inline(always)]` fn item so that it is inlined into (and compiled for) the AVX2 variant.
+#[inline(always)]
+fn with_simd<K: Fn(&[f32], &mut [f32])>(kernel: K, src: &[f32], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<K: Fn(&[f32], &mut [f32])>(kernel: K, src: &[f32], dst: &mut [f32]) {
+            kernel(src, dst)
         }
-    };
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the enabled features (checked just above).
+            return unsafe { avx2(kernel, src, dst) };
+        }
+    }
+    kernel(src, dst)
 }
 
-elementwise_kernel!(gelu_kernel, gelu);
-elementwise_kernel!(gelu_grad_kernel, gelu_grad);
+#[inline(always)]
+fn gelu_slice(src: &[f32], dst: &mut [f32]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = gelu(*s);
+    }
+}
+
+#[inline(always)]
+fn gelu_grad_slice(src: &[f32], dst: &mut [f32]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = gelu_grad(*s);
+    }
+}
+
+fn gelu_kernel(src: &[f32], dst: &mut [f32]) {
+    with_simd(gelu_slice, src, dst)
+}
+
+fn gelu_grad_kernel(src: &[f32], dst: &mut [f32]) {
+    with_simd(gelu_grad_slice, src, dst)
+}
 
 fn map_f32(
     storage: &CpuStorage,
@@ -165,47 +176,37 @@ impl CustomOp1 for GeluErf {
     }
 }
 
+/// Eight independent accumulators so the reductions vectorise without fast-math.
+#[inline(always)]
+fn softmax_row_body(src: &[f32], dst: &mut [f32]) {
+    let mut m = [f32::NEG_INFINITY; 8];
+    let mut chunks = src.chunks_exact(8);
+    for c in &mut chunks {
+        for i in 0..8 {
+            m[i] = m[i].max(c[i]);
+        }
+    }
+    let max = chunks.remainder().iter().fold(
+        m.iter().fold(f32::NEG_INFINITY, |a, b| a.max(*b)),
+        |a, b| a.max(*b),
+    );
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = exp_neg(*s - max);
+    }
+    let mut acc = [0f32; 8];
+    let mut chunks = dst.chunks_exact(8);
+    for c in &mut chunks {
+        for i in 0..8 {
+            acc[i] += c[i];
+        }
+    }
+    let sum: f32 = acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>();
+    let inv = 1.0 / sum;
+    dst.iter_mut().for_each(|v| *v *= inv);
+}
+
 fn softmax_row(src: &[f32], dst: &mut [f32]) {
-    /// Eight independent accumulators so the reductions vectorise without fast-math.
-    #[inline(always)]
-    fn body(src: &[f32], dst: &mut [f32]) {
-        let mut m = [f32::NEG_INFINITY; 8];
-        let mut chunks = src.chunks_exact(8);
-        for c in &mut chunks {
-            for i in 0..8 {
-                m[i] = m[i].max(c[i]);
-            }
-        }
-        let max = chunks.remainder().iter().fold(
-            m.iter().fold(f32::NEG_INFINITY, |a, b| a.max(*b)),
-            |a, b| a.max(*b),
-        );
-        for (d, s) in dst.iter_mut().zip(src) {
-            *d = exp_neg(*s - max);
-        }
-        let mut acc = [0f32; 8];
-        let mut chunks = dst.chunks_exact(8);
-        for c in &mut chunks {
-            for i in 0..8 {
-                acc[i] += c[i];
-            }
-        }
-        let sum: f32 = acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>();
-        let inv = 1.0 / sum;
-        dst.iter_mut().for_each(|v| *v *= inv);
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2(src: &[f32], dst: &mut [f32]) {
-            body(src, dst)
-        }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports the enabled features (checked just above).
-            return unsafe { avx2(src, dst) };
-        }
-    }
-    body(src, dst)
+    with_simd(softmax_row_body, src, dst)
 }
 
 /// Row softmax for inference: rows in parallel, the vectorisable `exp_neg`.
