@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use candle_core::{Device, Result, Tensor};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_distr::{Distribution, Normal, Uniform};
 
 use crate::config::VitConfig;
@@ -32,7 +32,6 @@ pub fn init_weights(cfg: &VitConfig, seed: u64) -> Result<HashMap<String, Tensor
                 .map(|_| normal.sample(&mut rng).clamp(-2.0, 2.0))
                 .collect()
         };
-        let _ = rng.gen::<u8>();
         out.insert(name, Tensor::from_vec(values, shape, &Device::Cpu)?);
     }
     Ok(out)

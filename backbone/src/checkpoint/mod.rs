@@ -230,7 +230,7 @@ impl Checkpoint {
             }
             None => STATE_KEYS
                 .iter()
-                .find(|k| has_group(k) && (**k != "module" || !self.looks_like_bare_ddp()))
+                .find(|k| has_group(k))
                 .map(|k| k.to_string()),
         };
         let prefix = key.as_ref().map(|k| format!("{k}."));
@@ -286,11 +286,6 @@ impl Checkpoint {
             other,
             unselected_groups,
         })
-    }
-
-    /// `module.` as the first component of a bare DDP state dict rather than a sub-dict key.
-    fn looks_like_bare_ddp(&self) -> bool {
-        self.top_level_groups() == ["module"] && self.format == Format::Safetensors
     }
 
     /// Backbone shapes (normalised names) of a selection.
