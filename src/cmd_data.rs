@@ -82,7 +82,17 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
             size,
         } => {
             let config = SynthConfig { seed, images, size };
-            let summary = synth::generate(&out, &config)
+            // stderr, hidden when it is not a terminal; stdout carries only the JSON summary.
+            let bar = indicatif::ProgressBar::new(config.total_images() as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "synth {bar:40} {pos}/{len} images [{elapsed_precise}<{eta_precise}]",
+                )
+                .expect("static progress template"),
+            );
+            let result = synth::generate_with_progress(&out, &config, &|| bar.inc(1));
+            bar.finish_and_clear();
+            let summary = result
                 .with_context(|| format!("generating synthetic scenes in {}", out.display()))?;
             println!("{}", serde_json::to_string_pretty(&summary)?);
             Ok(())

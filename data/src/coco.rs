@@ -117,15 +117,45 @@ impl CocoAnnotation {
     }
 }
 
+/// When the JSON parses but a record does not fit the schema, names that record:
+/// `annotations[3] (id 17): missing field `bbox``. Only run after a failed typed parse.
+fn bad_record(text: &str) -> Option<String> {
+    fn check<T: serde::de::DeserializeOwned>(
+        root: &serde_json::Value,
+        key: &str,
+    ) -> Option<String> {
+        let items = root.get(key)?.as_array()?;
+        items.iter().enumerate().find_map(|(i, item)| {
+            let err = serde_json::from_value::<T>(item.clone()).err()?;
+            let id = item
+                .get("id")
+                .map(|v| format!(" (id {v})"))
+                .unwrap_or_default();
+            Some(format!("{key}[{i}]{id}: {err}"))
+        })
+    }
+    let root: serde_json::Value = serde_json::from_str(text).ok()?;
+    check::<CocoImage>(&root, "images")
+        .or_else(|| check::<CocoCategory>(&root, "categories"))
+        .or_else(|| check::<CocoAnnotation>(&root, "annotations"))
+}
+
 impl CocoDataset {
     /// Reads and validates an instances JSON.
     pub fn load(path: &Path, orphans: OrphanPolicy) -> Result<CocoLoad> {
         let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
-        let mut dataset: CocoDataset =
-            serde_json::from_str(&text).map_err(|source| DataError::Json {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let mut dataset: CocoDataset = match serde_json::from_str(&text) {
+            Ok(d) => d,
+            Err(source) => {
+                return Err(match bad_record(&text) {
+                    Some(reason) => DataError::format(path, reason),
+                    None => DataError::Json {
+                        path: path.to_path_buf(),
+                        source,
+                    },
+                })
+            }
+        };
         let dropped = dataset.validate(path, orphans)?;
         Ok(CocoLoad { dataset, dropped })
     }

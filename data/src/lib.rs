@@ -11,6 +11,7 @@ pub mod error;
 pub mod folder;
 pub mod idx;
 pub mod image_io;
+pub mod joint;
 pub mod loader;
 pub mod pil;
 pub mod rle;

@@ -41,6 +41,10 @@ impl SynthConfig {
     pub fn scene_size(&self) -> u32 {
         self.size * 2
     }
+    /// Images [`generate`] writes: both splits of the three tasks.
+    pub fn total_images(&self) -> usize {
+        3 * (self.images + self.val_images())
+    }
 }
 
 /// Counts of what was written (also saved as `synth.json`).
@@ -438,6 +442,16 @@ const STREAM_ADE: u64 = 5;
 
 /// Writes the whole benchmark under `out`.
 pub fn generate(out: &Path, config: &SynthConfig) -> Result<SynthSummary> {
+    generate_with_progress(out, config, &|| {})
+}
+
+/// [`generate`], calling `written` once per image saved ([`SynthConfig::total_images`] in all),
+/// from the worker threads.
+pub fn generate_with_progress(
+    out: &Path,
+    config: &SynthConfig,
+    written: &(dyn Fn() + Sync),
+) -> Result<SynthSummary> {
     if config.size < 32 {
         return Err(DataError::Invalid(format!(
             "--size {} is too small (minimum 32)",
@@ -471,7 +485,9 @@ pub fn generate(out: &Path, config: &SynthConfig) -> Result<SynthSummary> {
             let class = i % CLASSES.len();
             let mut rng = sample_rng(config.seed, STREAM_CLS + s as u64, i as u64);
             let img = classification_image(class, config.size, &mut rng);
-            save_png(&img, &dir.join(CLASSES[class]).join(format!("{i:06}.png")))
+            save_png(&img, &dir.join(CLASSES[class]).join(format!("{i:06}.png")))?;
+            written();
+            Ok::<_, DataError>(())
         })?;
         summary.classification[s] = count;
     }
@@ -497,6 +513,7 @@ pub fn generate(out: &Path, config: &SynthConfig) -> Result<SynthSummary> {
                 let (img, placed) = scene(scene_size, &mut rng);
                 let file_name = format!("{:012}.jpg", i + 1);
                 save_jpeg(&img, &dir.join(&file_name))?;
+                written();
                 let meta = CocoImage {
                     id: i as u64 + 1,
                     width: scene_size,
@@ -556,7 +573,9 @@ pub fn generate(out: &Path, config: &SynthConfig) -> Result<SynthSummary> {
             save_label_png(
                 &label_map(&placed, scene_size),
                 &ann_dir.join(format!("{stem}.png")),
-            )
+            )?;
+            written();
+            Ok::<_, DataError>(())
         })?;
         summary.ade_images[s] = count;
     }

@@ -248,7 +248,34 @@ fn bad_inputs_give_errors_naming_file_and_problem() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("instances.json") && err.contains("file_name"),
+        err.contains("instances.json")
+            && err.contains("images[0] (id 1)")
+            && err.contains("file_name"),
+        "{err}"
+    );
+    std::fs::write(
+        &json,
+        r#"{"images":[{"id":1,"width":4,"height":4,"file_name":"a.jpg"}],
+            "categories":[{"id":1,"name":"x"}],
+            "annotations":[{"id":1,"image_id":1,"category_id":1,"bbox":[0,0,1,1],"area":1,"iscrowd":0},
+                           {"id":7,"image_id":1,"category_id":1,"area":1,"iscrowd":0}]}"#,
+    )
+    .unwrap();
+    let err = CocoDataset::load(&json, OrphanPolicy::Error)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("instances.json")
+            && err.contains("annotations[1] (id 7)")
+            && err.contains("missing field `bbox`"),
+        "{err}"
+    );
+    std::fs::write(&json, r#"{"images":[}"#).unwrap();
+    let err = CocoDataset::load(&json, OrphanPolicy::Error)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("instances.json") && err.contains("invalid JSON"),
         "{err}"
     );
     std::fs::write(
