@@ -10,6 +10,8 @@ pub enum BenchCommand {
     Data(crate::cmd_data::BenchData),
     #[command(flatten)]
     Metrics(crate::cmd_metrics::BenchMetrics),
+    #[command(flatten)]
+    Eval(crate::cmd_eval::BenchEval),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -17,5 +19,6 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Backbone(c) => crate::cmd_backbone::run_bench(c),
         BenchCommand::Data(c) => crate::cmd_data::run_bench(c),
         BenchCommand::Metrics(c) => crate::cmd_metrics::run_bench(c),
+        BenchCommand::Eval(c) => crate::cmd_eval::run_bench(c),
     }
 }

@@ -3,6 +3,7 @@
 mod cmd_backbone;
 mod cmd_bench;
 mod cmd_data;
+mod cmd_eval;
 mod cmd_metrics;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +29,9 @@ enum Command {
     /// Metrics on predictions you bring (COCO, clustering, segmentation).
     #[command(subcommand)]
     Metrics(cmd_metrics::MetricsCommand),
+    /// Evaluation protocols on frozen features.
+    #[command(subcommand)]
+    Eval(cmd_eval::EvalCommand),
     /// Throughput benchmarks.
     #[command(subcommand)]
     Bench(cmd_bench::BenchCommand),
@@ -39,6 +43,7 @@ fn main() {
         Command::Backbone(c) => cmd_backbone::run(c),
         Command::Data(c) => cmd_data::run(c),
         Command::Metrics(c) => cmd_metrics::run(c),
+        Command::Eval(c) => cmd_eval::run(c),
         Command::Bench(c) => cmd_bench::run(c),
     };
     if let Err(err) = result {

@@ -1,0 +1,356 @@
+//! `ibot eval …`: frozen-feature protocols, and `ibot bench knn`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use ndarray::Array2;
+use ndarray_npy::{ReadNpyError, ReadNpyExt, WriteNpyExt};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+#[derive(Subcommand)]
+pub enum EvalCommand {
+    /// Weighted k-NN (DINO/iBOT protocol: L2-normalised features, cosine similarity, exp(sim/T) votes).
+    Knn(KnnArgs),
+}
+
+#[derive(Args)]
+pub struct KnnArgs {
+    /// Train features: a 2-D float32/float64 .npy array, one row per sample.
+    #[arg(long)]
+    train_features: PathBuf,
+    /// Train labels: one non-negative integer per line, in row order.
+    #[arg(long)]
+    train_labels: PathBuf,
+    /// Test features: a 2-D float32/float64 .npy array with the train features' dimension.
+    #[arg(long)]
+    test_features: PathBuf,
+    /// Test labels: one non-negative integer per line, in row order.
+    #[arg(long)]
+    test_labels: PathBuf,
+    /// Neighbour counts, evaluated in one pass.
+    #[arg(long, value_delimiter = ',', default_values_t = knn::DEFAULT_KS)]
+    k: Vec<usize>,
+    /// Vote weight is exp(similarity / temperature).
+    #[arg(long, default_value_t = knn::DEFAULT_TEMPERATURE)]
+    temperature: f32,
+    /// Output directory; result.json is written there.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Subcommand)]
+pub enum BenchEval {
+    /// k-NN on generated clustered features (60,000 train × 10,000 test × 384 by default).
+    Knn {
+        #[arg(long, default_value_t = 60_000)]
+        train: usize,
+        #[arg(long, default_value_t = 10_000)]
+        test: usize,
+        #[arg(long, default_value_t = 384)]
+        dim: usize,
+        #[arg(long, default_value_t = 1000)]
+        classes: usize,
+        #[arg(long, value_delimiter = ',', default_values_t = knn::DEFAULT_KS)]
+        k: Vec<usize>,
+        #[arg(long, default_value_t = knn::DEFAULT_TEMPERATURE)]
+        temperature: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Repetitions of the timed classification (the best is reported).
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
+        /// Also write the generated features and labels here (train.npy, train_labels.txt, test.npy,
+        /// test_labels.txt), so `tests/reference/bench_knn_torch.py` times PyTorch on the same data.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
+}
+
+pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
+    match cmd {
+        EvalCommand::Knn(args) => run_knn(args),
+    }
+}
+
+fn run_knn(args: KnnArgs) -> anyhow::Result<()> {
+    let (train, train_entry) = read_features(&args.train_features)?;
+    let (train_labels, train_labels_entry) = read_labels(&args.train_labels)?;
+    let (test, test_entry) = read_features(&args.test_features)?;
+    let (test_labels, test_labels_entry) = read_labels(&args.test_labels)?;
+    check_rows(
+        &args.train_features,
+        train.nrows(),
+        &args.train_labels,
+        train_labels.len(),
+    )?;
+    check_rows(
+        &args.test_features,
+        test.nrows(),
+        &args.test_labels,
+        test_labels.len(),
+    )?;
+    if train.ncols() != test.ncols() {
+        bail!(
+            "{} has feature dimension {} but {} has {}",
+            args.test_features.display(),
+            test.ncols(),
+            args.train_features.display(),
+            train.ncols()
+        );
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+
+    let params = knn::Params {
+        ks: args.k.clone(),
+        temperature: args.temperature,
+        ..knn::Params::default()
+    };
+    let (num_train, num_test) = (train.nrows(), test.nrows());
+    let bar = progress_bar(num_test)?;
+    let scores = knn::classify(train, &train_labels, test, &test_labels, &params, &|rows| {
+        bar.inc(rows as u64)
+    })
+    .with_context(|| {
+        format!(
+            "k-NN on {} (train) and {} (test)",
+            args.train_features.display(),
+            args.test_features.display()
+        )
+    })?;
+    bar.finish_and_clear();
+
+    let result = json!({
+        "knn": knn_json(&scores),
+        "config": knn_config(&scores, args.temperature),
+        "manifest": {
+            "train_features": train_entry,
+            "train_labels": train_labels_entry,
+            "test_features": test_entry,
+            "test_labels": test_labels_entry,
+            "ibot_version": env!("CARGO_PKG_VERSION"),
+        },
+    });
+    let path = args.out.join("result.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&result)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
+    print!(
+        "{}",
+        knn_table(&scores, args.temperature, num_train, num_test)
+    );
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
+fn knn_json(scores: &[knn::KScore]) -> Value {
+    scores
+        .iter()
+        .map(|s| (s.k.to_string(), json!({"top1": s.top1(), "top5": s.top5()})))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+fn knn_config(scores: &[knn::KScore], temperature: f32) -> Value {
+    json!({
+        "protocol": "knn",
+        "k": scores.iter().map(|s| s.k).collect::<Vec<_>>(),
+        "temperature": temperature,
+        "features": "precomputed, L2-normalised per row",
+        "similarity": "cosine",
+        "weight": "exp(similarity / temperature)",
+        "top5": "label among the first min(5, k) voted classes",
+        "tie_breaking": "neighbours by similarity desc then train row asc; classes by vote desc then class id asc; classes without votes are not predictions",
+    })
+}
+
+fn knn_table(scores: &[knn::KScore], temperature: f32, train: usize, test: usize) -> String {
+    let mut out = format!("k-NN  T = {temperature}  train {train}  test {test}\n");
+    out += &format!("{:>6} {:>8} {:>8}\n", "k", "top-1 %", "top-5 %");
+    for s in scores {
+        out += &format!(
+            "{:>6} {:>8.2} {:>8.2}\n",
+            s.k,
+            100.0 * s.top1(),
+            100.0 * s.top5()
+        );
+    }
+    out
+}
+
+fn progress_bar(len: usize) -> anyhow::Result<indicatif::ProgressBar> {
+    let bar = indicatif::ProgressBar::new(len as u64);
+    bar.set_style(indicatif::ProgressStyle::with_template(
+        "{msg} {bar:40} {pos}/{len} [{elapsed} < {eta}]",
+    )?);
+    bar.set_message("k-NN");
+    Ok(bar)
+}
+
+fn check_rows(features: &Path, rows: usize, labels: &Path, count: usize) -> anyhow::Result<()> {
+    if rows != count {
+        bail!(
+            "{} has {} labels but {} has {} rows",
+            labels.display(),
+            count,
+            features.display(),
+            rows
+        );
+    }
+    Ok(())
+}
+
+fn read_bytes(path: &Path) -> anyhow::Result<(Vec<u8>, Value)> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let entry = json!({
+        "path": path.display().to_string(),
+        "bytes": bytes.len(),
+        "sha256": format!("{:x}", Sha256::digest(&bytes)),
+    });
+    Ok((bytes, entry))
+}
+
+/// A 2-D float32 .npy (float64 is converted), with its manifest entry.
+fn read_features(path: &Path) -> anyhow::Result<(Array2<f32>, Value)> {
+    let (bytes, mut entry) = read_bytes(path)?;
+    let (features, dtype) = match Array2::<f32>::read_npy(bytes.as_slice()) {
+        Ok(a) => (a, "float32"),
+        Err(ReadNpyError::WrongDescriptor(_)) => {
+            let a = Array2::<f64>::read_npy(bytes.as_slice()).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: expected a 2-D float32 or float64 .npy array: {e}",
+                    path.display()
+                )
+            })?;
+            (a.mapv(|v| v as f32), "float64")
+        }
+        Err(e) => bail!(
+            "{}: expected a 2-D float32 or float64 .npy array: {e}",
+            path.display()
+        ),
+    };
+    if features.nrows() == 0 || features.ncols() == 0 {
+        bail!(
+            "{}: empty feature array of shape {:?}",
+            path.display(),
+            features.shape()
+        );
+    }
+    if let Some(row) = features
+        .rows()
+        .into_iter()
+        .position(|r| r.iter().any(|v| !v.is_finite()))
+    {
+        bail!("{}: row {row} contains NaN or infinity", path.display());
+    }
+    entry["shape"] = json!(features.shape());
+    entry["dtype"] = json!(dtype);
+    Ok((features.as_standard_layout().into_owned(), entry))
+}
+
+/// One non-negative integer label per line, with its manifest entry.
+fn read_labels(path: &Path) -> anyhow::Result<(Vec<usize>, Value)> {
+    let (bytes, mut entry) = read_bytes(path)?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| anyhow::anyhow!("{}: labels file is not UTF-8 text", path.display()))?;
+    let labels = text
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| {
+            line.trim().parse::<usize>().map_err(|_| {
+                anyhow::anyhow!(
+                    "{}:{}: expected one non-negative integer label per line, found {:?}",
+                    path.display(),
+                    i + 1,
+                    line
+                )
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if labels.is_empty() {
+        bail!("{}: no labels", path.display());
+    }
+    entry["count"] = json!(labels.len());
+    Ok((labels, entry))
+}
+
+pub fn run_bench(cmd: BenchEval) -> anyhow::Result<()> {
+    match cmd {
+        BenchEval::Knn {
+            train,
+            test,
+            dim,
+            classes,
+            k,
+            temperature,
+            seed,
+            repeat,
+            out_dir,
+        } => {
+            let train_labels = knn::synthetic::labels(seed, 3, train, classes, 1);
+            let test_labels = knn::synthetic::labels(seed, 4, test, classes, 1);
+            // Noise 4 around unit-box class centres: neighbours are informative but far from perfect.
+            let train_x = knn::synthetic::clustered(seed, 0, 1, &train_labels, dim, 4.0);
+            let test_x = knn::synthetic::clustered(seed, 0, 5, &test_labels, dim, 4.0);
+            if let Some(dir) = &out_dir {
+                write_case(dir, &train_x, &train_labels, &test_x, &test_labels)?;
+            }
+            let params = knn::Params {
+                ks: k,
+                temperature,
+                ..knn::Params::default()
+            };
+            let threads = rayon::current_num_threads();
+            let mut best = f64::INFINITY;
+            let mut scores = Vec::new();
+            for _ in 0..repeat.max(1) {
+                let (a, b) = (train_x.clone(), test_x.clone());
+                let start = Instant::now();
+                scores = knn::classify(a, &train_labels, b, &test_labels, &params, &|_| {})?;
+                best = best.min(start.elapsed().as_secs_f64());
+            }
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({
+                    "bench": "knn",
+                    "train": train, "test": test, "dim": dim, "classes": classes,
+                    "threads": threads,
+                    "seconds": best,
+                    "note": "normalisation + similarity + top-k + votes; data generation not timed",
+                    "knn": knn_json(&scores),
+                }))?
+            );
+        }
+    }
+    Ok(())
+}
+
+fn write_case(
+    dir: &Path,
+    train: &Array2<f32>,
+    train_labels: &[usize],
+    test: &Array2<f32>,
+    test_labels: &[usize],
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (name, features) in [("train.npy", train), ("test.npy", test)] {
+        let path = dir.join(name);
+        let file =
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        features
+            .write_npy(std::io::BufWriter::new(file))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    for (name, labels) in [
+        ("train_labels.txt", train_labels),
+        ("test_labels.txt", test_labels),
+    ] {
+        let path = dir.join(name);
+        let text: String = labels.iter().map(|l| format!("{l}\n")).collect();
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
