@@ -6,6 +6,17 @@ use backbone::{build_trainable, init::init_weights, TrainCtx, VitConfig};
 use candle_core::{DType, Device, Tensor};
 use rand::SeedableRng;
 
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 fn tiny() -> VitConfig {
     VitConfig {
         embed_dim: 16,
@@ -75,39 +86,18 @@ fn drop_path_only_in_training_and_rescales_survivors() {
     let x = Tensor::randn(0f32, 1.0, (8, 3, 32, 32), &dev).unwrap();
     let eval1 = model.forward_tokens(&x, None, None).unwrap();
     let eval2 = model.forward_tokens(&x, None, None).unwrap();
-    let same = (&eval1 - &eval2)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let same = max_abs_diff(&eval1, &eval2);
     assert_eq!(same, 0.0);
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
     let train = model
         .forward_tokens(&x, None, Some(&mut TrainCtx { rng: &mut rng }))
         .unwrap();
-    let diff = (&eval1 - &train)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = max_abs_diff(&eval1, &train);
     assert!(diff > 1e-3, "drop-path at rate 0.5 changed nothing");
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
     let again = model
         .forward_tokens(&x, None, Some(&mut TrainCtx { rng: &mut rng }))
         .unwrap();
-    let d = (&train - &again)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let d = max_abs_diff(&train, &again);
     assert_eq!(d, 0.0, "same seed, same drop decisions");
 }

@@ -14,10 +14,14 @@ Usage: python tests/reference/bench_knn_torch.py DIR [--threads 2] [--impl fast|
 import argparse
 import json
 import pathlib
+import sys
 import time
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from knn_reference import dino_knn_torch  # noqa: E402
 
 
 def load(d):
@@ -30,41 +34,11 @@ def load(d):
 
 
 @torch.no_grad()
-def dino_knn_classifier(train_features, train_labels, test_features, test_labels, k, T, num_classes=1000):
-    top1, top5, total = 0, 0, 0
-    train_features = train_features.t()
-    num_test_images, num_chunks = test_labels.shape[0], 100
-    imgs_per_chunk = max(1, num_test_images // num_chunks)
-    retrieval_one_hot = torch.zeros(k, num_classes)
-    for idx in range(0, num_test_images, imgs_per_chunk):
-        features = test_features[idx : min((idx + imgs_per_chunk), num_test_images), :]
-        targets = test_labels[idx : min((idx + imgs_per_chunk), num_test_images)]
-        batch_size = targets.shape[0]
-        similarity = torch.mm(features, train_features)
-        distances, indices = similarity.topk(k, largest=True, sorted=True)
-        candidates = train_labels.view(1, -1).expand(batch_size, -1)
-        retrieved_neighbors = torch.gather(candidates, 1, indices)
-        retrieval_one_hot.resize_(batch_size * k, num_classes).zero_()
-        retrieval_one_hot.scatter_(1, retrieved_neighbors.view(-1, 1), 1)
-        distances_transform = distances.clone().div_(T).exp_()
-        probs = torch.sum(
-            torch.mul(retrieval_one_hot.view(batch_size, -1, num_classes), distances_transform.view(batch_size, -1, 1)),
-            1,
-        )
-        scores, predictions = probs.sort(1, True)
-        correct = predictions.eq(targets.view(-1, 1)) & (scores > 0)
-        top1 += correct.narrow(1, 0, 1).sum().item()
-        top5 += correct.narrow(1, 0, min(5, k)).sum().item()
-        total += targets.size(0)
-    return top1, top5, total
-
-
-@torch.no_grad()
 def dino(train, train_labels, test, test_labels, ks, T):
     train = torch.nn.functional.normalize(train, dim=1, p=2)
     test = torch.nn.functional.normalize(test, dim=1, p=2)
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
-    return {k: dino_knn_classifier(train, train_labels, test, test_labels, k, T, num_classes) for k in ks}
+    return {k: dino_knn_torch(train, train_labels, test, test_labels, k, T, num_classes, voted_only=True) for k in ks}
 
 
 @torch.no_grad()

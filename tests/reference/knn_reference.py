@@ -110,16 +110,14 @@ def knn_classifier(train_features, train_labels, test_features, test_labels, k, 
     return top1, top5, total
 
 
-def dino_torch(train, train_labels, test, test_labels, k, T):
-    """DINO's original torch code (num_classes=1000), for a cross-check of the transcription."""
+def dino_knn_torch(train_features, train_labels, test_features, test_labels, k, T, num_classes=1000,
+                   voted_only=False):
+    """DINO's `knn_classifier` as released, on L2-normalised torch tensors. `voted_only` counts a
+    prediction only when its class got a vote (our documented rule; with DINO's num_classes=1000 the
+    vote-less fill-ins are ids that never occur, so the counts agree)."""
     import torch
 
-    train_features = torch.nn.functional.normalize(torch.from_numpy(train), dim=1, p=2)
-    test_features = torch.nn.functional.normalize(torch.from_numpy(test), dim=1, p=2)
-    train_labels = torch.from_numpy(train_labels)
-    test_labels = torch.from_numpy(test_labels)
-    num_classes = 1000
-    top1, top5, total = 0.0, 0.0, 0
+    top1, top5, total = 0, 0, 0
     train_features = train_features.t()
     num_test_images, num_chunks = test_labels.shape[0], 100
     imgs_per_chunk = max(1, num_test_images // num_chunks)
@@ -139,12 +137,24 @@ def dino_torch(train, train_labels, test, test_labels, k, T):
             torch.mul(retrieval_one_hot.view(batch_size, -1, num_classes), distances_transform.view(batch_size, -1, 1)),
             1,
         )
-        _, predictions = probs.sort(1, True)
-        correct = predictions.eq(targets.data.view(-1, 1))
-        top1 = top1 + correct.narrow(1, 0, 1).sum().item()
-        top5 = top5 + correct.narrow(1, 0, min(5, k)).sum().item()
+        scores, predictions = probs.sort(1, True)
+        correct = predictions.eq(targets.view(-1, 1))
+        if voted_only:
+            correct = correct & (scores > 0)
+        top1 += int(correct.narrow(1, 0, 1).sum().item())
+        top5 += int(correct.narrow(1, 0, min(5, k)).sum().item())
         total += targets.size(0)
-    return int(top1), int(top5), total
+    return top1, top5, total
+
+
+def dino_torch(train, train_labels, test, test_labels, k, T):
+    """DINO's original torch code (num_classes=1000) on numpy inputs, to cross-check the transcription."""
+    import torch
+
+    normalize = lambda x: torch.nn.functional.normalize(torch.from_numpy(x), dim=1, p=2)  # noqa: E731
+    with torch.no_grad():
+        return dino_knn_torch(normalize(train), torch.from_numpy(train_labels), normalize(test),
+                              torch.from_numpy(test_labels), k, T)
 
 
 CASES = [
