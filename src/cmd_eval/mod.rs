@@ -1,10 +1,16 @@
-//! `ibot eval …`: frozen-feature protocols, and `ibot bench knn`.
+//! `ibot eval …`: frozen-feature protocols, and their benchmarks (`ibot bench knn|kmeans|linear`).
+//! One file per protocol; shared input readers live here.
+
+pub mod cluster;
+pub mod knn;
+pub mod linear;
+pub mod semisup;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use clap::{Args, Subcommand};
+use clap::Subcommand;
 use ndarray::Array2;
 use ndarray_npy::{ReadNpyError, ReadNpyExt, WriteNpyExt};
 use serde_json::{json, Value};
@@ -13,36 +19,21 @@ use sha2::{Digest, Sha256};
 #[derive(Subcommand)]
 pub enum EvalCommand {
     /// Weighted k-NN (DINO/iBOT protocol: L2-normalised features, cosine similarity, exp(sim/T) votes).
-    Knn(KnnArgs),
-}
-
-#[derive(Args)]
-pub struct KnnArgs {
-    /// Train features: a 2-D float32/float64 .npy array, one row per sample.
-    #[arg(long)]
-    train_features: PathBuf,
-    /// Train labels: one non-negative integer per line, in row order.
-    #[arg(long)]
-    train_labels: PathBuf,
-    /// Test features: a 2-D float32/float64 .npy array with the train features' dimension.
-    #[arg(long)]
-    test_features: PathBuf,
-    /// Test labels: one non-negative integer per line, in row order.
-    #[arg(long)]
-    test_labels: PathBuf,
-    /// Neighbour counts, evaluated in one pass.
-    #[arg(long, value_delimiter = ',', default_values_t = knn::DEFAULT_KS)]
-    k: Vec<usize>,
-    /// Vote weight is exp(similarity / temperature).
-    #[arg(long, default_value_t = knn::DEFAULT_TEMPERATURE)]
-    temperature: f32,
-    /// Output directory; result.json is written there.
-    #[arg(long)]
-    out: PathBuf,
+    Knn(knn::KnnArgs),
+    /// Linear probing: a sweep of linear heads on frozen features.
+    Linear(linear::LinearArgs),
+    /// Semi-supervised (1%/10% labels): logistic regression, k-NN and linear on a label split.
+    Semisup(semisup::SemisupArgs),
+    /// Unsupervised classification: head argmax and k-means; ACC/NMI/ARI/FMI.
+    Cluster(cluster::ClusterArgs),
 }
 
 #[derive(Subcommand)]
 pub enum BenchEval {
+    /// k-means on generated clustered features (compare with tests/reference/bench_kmeans_sklearn.py).
+    Kmeans(cluster::BenchKmeansArgs),
+    /// Linear-probe sweep time per epoch on cached features.
+    Linear(linear::BenchLinearArgs),
     /// k-NN on generated clustered features (60,000 train × 10,000 test × 384 by default).
     Knn {
         #[arg(long, default_value_t = 60_000)]
@@ -53,9 +44,9 @@ pub enum BenchEval {
         dim: usize,
         #[arg(long, default_value_t = 1000)]
         classes: usize,
-        #[arg(long, value_delimiter = ',', default_values_t = knn::DEFAULT_KS)]
+        #[arg(long, value_delimiter = ',', default_values_t = ::knn::DEFAULT_KS)]
         k: Vec<usize>,
-        #[arg(long, default_value_t = knn::DEFAULT_TEMPERATURE)]
+        #[arg(long, default_value_t = ::knn::DEFAULT_TEMPERATURE)]
         temperature: f32,
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -71,125 +62,23 @@ pub enum BenchEval {
 
 pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
     match cmd {
-        EvalCommand::Knn(args) => run_knn(args),
+        EvalCommand::Knn(args) => knn::run_knn(args),
+        EvalCommand::Linear(args) => linear::run(args),
+        EvalCommand::Semisup(args) => semisup::run(args),
+        EvalCommand::Cluster(args) => cluster::run(args),
     }
 }
 
-fn run_knn(args: KnnArgs) -> anyhow::Result<()> {
-    let (train, train_entry) = read_features(&args.train_features)?;
-    let (train_labels, train_labels_entry) = read_labels(&args.train_labels)?;
-    let (test, test_entry) = read_features(&args.test_features)?;
-    let (test_labels, test_labels_entry) = read_labels(&args.test_labels)?;
-    check_rows(
-        &args.train_features,
-        train.nrows(),
-        &args.train_labels,
-        train_labels.len(),
-    )?;
-    check_rows(
-        &args.test_features,
-        test.nrows(),
-        &args.test_labels,
-        test_labels.len(),
-    )?;
-    if train.ncols() != test.ncols() {
-        bail!(
-            "{} has feature dimension {} but {} has {}",
-            args.test_features.display(),
-            test.ncols(),
-            args.train_features.display(),
-            train.ncols()
-        );
-    }
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
-
-    let params = knn::Params {
-        ks: args.k.clone(),
-        temperature: args.temperature,
-        ..knn::Params::default()
-    };
-    let (num_train, num_test) = (train.nrows(), test.nrows());
-    let bar = progress_bar(num_test)?;
-    let scores = knn::classify(train, &train_labels, test, &test_labels, &params, &|rows| {
-        bar.inc(rows as u64)
-    })
-    .with_context(|| {
-        format!(
-            "k-NN on {} (train) and {} (test)",
-            args.train_features.display(),
-            args.test_features.display()
-        )
-    })?;
-    bar.finish_and_clear();
-
-    let result = json!({
-        "knn": knn_json(&scores),
-        "config": knn_config(&scores, args.temperature),
-        "manifest": {
-            "train_features": train_entry,
-            "train_labels": train_labels_entry,
-            "test_features": test_entry,
-            "test_labels": test_labels_entry,
-            "ibot_version": env!("CARGO_PKG_VERSION"),
-        },
-    });
-    let path = args.out.join("result.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&result)? + "\n")
-        .with_context(|| format!("writing {}", path.display()))?;
-    print!(
-        "{}",
-        knn_table(&scores, args.temperature, num_train, num_test)
-    );
-    eprintln!("wrote {}", path.display());
-    Ok(())
-}
-
-fn knn_json(scores: &[knn::KScore]) -> Value {
-    scores
-        .iter()
-        .map(|s| (s.k.to_string(), json!({"top1": s.top1(), "top5": s.top5()})))
-        .collect::<serde_json::Map<_, _>>()
-        .into()
-}
-
-fn knn_config(scores: &[knn::KScore], temperature: f32) -> Value {
-    json!({
-        "protocol": "knn",
-        "k": scores.iter().map(|s| s.k).collect::<Vec<_>>(),
-        "temperature": temperature,
-        "features": "precomputed, L2-normalised per row",
-        "similarity": "cosine",
-        "weight": "exp(similarity / temperature)",
-        "top5": "label among the first min(5, k) voted classes",
-        "tie_breaking": "neighbours by similarity desc then train row asc; classes by vote desc then class id asc; classes without votes are not predictions",
-    })
-}
-
-fn knn_table(scores: &[knn::KScore], temperature: f32, train: usize, test: usize) -> String {
-    let mut out = format!("k-NN  T = {temperature}  train {train}  test {test}\n");
-    out += &format!("{:>6} {:>8} {:>8}\n", "k", "top-1 %", "top-5 %");
-    for s in scores {
-        out += &format!(
-            "{:>6} {:>8.2} {:>8.2}\n",
-            s.k,
-            100.0 * s.top1(),
-            100.0 * s.top5()
-        );
-    }
-    out
-}
-
-fn progress_bar(len: usize) -> anyhow::Result<indicatif::ProgressBar> {
+pub fn progress_bar(len: usize, message: &str) -> anyhow::Result<indicatif::ProgressBar> {
     let bar = indicatif::ProgressBar::new(len as u64);
     bar.set_style(indicatif::ProgressStyle::with_template(
         "{msg} {bar:40} {pos}/{len} [{elapsed} < {eta}]",
     )?);
-    bar.set_message("k-NN");
+    bar.set_message(message.to_string());
     Ok(bar)
 }
 
-fn check_rows(features: &Path, rows: usize, labels: &Path, count: usize) -> anyhow::Result<()> {
+pub fn check_rows(features: &Path, rows: usize, labels: &Path, count: usize) -> anyhow::Result<()> {
     if rows != count {
         bail!(
             "{} has {} labels but {} has {} rows",
@@ -202,7 +91,7 @@ fn check_rows(features: &Path, rows: usize, labels: &Path, count: usize) -> anyh
     Ok(())
 }
 
-fn read_bytes(path: &Path) -> anyhow::Result<(Vec<u8>, Value)> {
+pub fn read_bytes(path: &Path) -> anyhow::Result<(Vec<u8>, Value)> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let entry = json!({
         "path": path.display().to_string(),
@@ -213,7 +102,7 @@ fn read_bytes(path: &Path) -> anyhow::Result<(Vec<u8>, Value)> {
 }
 
 /// A 2-D float32 .npy (float64 is converted), with its manifest entry.
-fn read_features(path: &Path) -> anyhow::Result<(Array2<f32>, Value)> {
+pub fn read_features(path: &Path) -> anyhow::Result<(Array2<f32>, Value)> {
     let (bytes, mut entry) = read_bytes(path)?;
     let (features, dtype) = match Array2::<f32>::read_npy(bytes.as_slice()) {
         Ok(a) => (a, "float32"),
@@ -251,7 +140,7 @@ fn read_features(path: &Path) -> anyhow::Result<(Array2<f32>, Value)> {
 }
 
 /// One non-negative integer label per line, with its manifest entry.
-fn read_labels(path: &Path) -> anyhow::Result<(Vec<usize>, Value)> {
+pub fn read_labels(path: &Path) -> anyhow::Result<(Vec<usize>, Value)> {
     let (bytes, mut entry) = read_bytes(path)?;
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| anyhow::anyhow!("{}: labels file is not UTF-8 text", path.display()))?;
@@ -279,6 +168,8 @@ fn read_labels(path: &Path) -> anyhow::Result<(Vec<usize>, Value)> {
 
 pub fn run_bench(cmd: BenchEval) -> anyhow::Result<()> {
     match cmd {
+        BenchEval::Kmeans(args) => cluster::run_bench(args)?,
+        BenchEval::Linear(args) => linear::run_bench(args)?,
         BenchEval::Knn {
             train,
             test,
@@ -290,18 +181,18 @@ pub fn run_bench(cmd: BenchEval) -> anyhow::Result<()> {
             repeat,
             out_dir,
         } => {
-            let train_labels = knn::synthetic::labels(seed, 3, train, classes, 1);
-            let test_labels = knn::synthetic::labels(seed, 4, test, classes, 1);
+            let train_labels = ::knn::synthetic::labels(seed, 3, train, classes, 1);
+            let test_labels = ::knn::synthetic::labels(seed, 4, test, classes, 1);
             // Noise 4 around unit-box class centres: neighbours are informative but far from perfect.
-            let train_x = knn::synthetic::clustered(seed, 0, 1, &train_labels, dim, 4.0);
-            let test_x = knn::synthetic::clustered(seed, 0, 5, &test_labels, dim, 4.0);
+            let train_x = ::knn::synthetic::clustered(seed, 0, 1, &train_labels, dim, 4.0);
+            let test_x = ::knn::synthetic::clustered(seed, 0, 5, &test_labels, dim, 4.0);
             if let Some(dir) = &out_dir {
                 write_case(dir, &train_x, &train_labels, &test_x, &test_labels)?;
             }
-            let params = knn::Params {
+            let params = ::knn::Params {
                 ks: k,
                 temperature,
-                ..knn::Params::default()
+                ..::knn::Params::default()
             };
             let threads = rayon::current_num_threads();
             let mut best = f64::INFINITY;
@@ -309,7 +200,7 @@ pub fn run_bench(cmd: BenchEval) -> anyhow::Result<()> {
             for _ in 0..repeat.max(1) {
                 let (a, b) = (train_x.clone(), test_x.clone());
                 let start = Instant::now();
-                scores = knn::classify(a, &train_labels, b, &test_labels, &params, &|_| {})?;
+                scores = ::knn::classify(a, &train_labels, b, &test_labels, &params, &|_| {})?;
                 best = best.min(start.elapsed().as_secs_f64());
             }
             println!(
@@ -320,7 +211,7 @@ pub fn run_bench(cmd: BenchEval) -> anyhow::Result<()> {
                     "threads": threads,
                     "seconds": best,
                     "note": "normalisation + similarity + top-k + votes; data generation not timed",
-                    "knn": knn_json(&scores),
+                    "knn": knn::knn_json(&scores),
                 }))?
             );
         }

@@ -1,0 +1,6 @@
+//! iBOT pretraining (ibot-reference §3–§7): block/random masks, the iBOT loss with teacher centering,
+//! schedules, multi-crop batches, the EMA teacher and the training loop with atomic, resumable checkpoints.
+
+pub mod loss;
+pub mod mask;
+pub mod schedule;
