@@ -75,7 +75,8 @@ pub enum BackboneCommand {
         #[arg(long)]
         heads: Option<usize>,
     },
-    /// Extract one feature row per image (sorted file names) to .npy or .safetensors.
+    /// Extract one feature row per image (sorted file names) to .npy (features only) or
+    /// .safetensors (the feature-store format: `features`, `labels`, `manifest` + `files` metadata).
     Extract {
         #[arg(long)]
         checkpoint: PathBuf,
@@ -444,6 +445,7 @@ fn extract(
     if files.is_empty() {
         bail!("{}: no images found", images.display());
     }
+    let start = Instant::now();
     let bar = indicatif::ProgressBar::new(files.len() as u64);
     bar.set_style(indicatif::ProgressStyle::with_template(
         "{msg} {bar:40} {pos}/{len} [{elapsed} < {eta}] {per_sec}",
@@ -483,25 +485,84 @@ fn extract(
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
+    let seconds = start.elapsed().as_secs_f64();
     let n = files.len();
     match ext {
         "npy" => write_npy_atomic(out, &rows, n, dim)?,
         _ => {
-            let names: Vec<String> = files
-                .iter()
-                .map(|f| f.strip_prefix(images).unwrap_or(f).display().to_string())
-                .collect();
-            let mut meta = HashMap::new();
-            meta.insert("files".to_string(), serde_json::to_string(&names)?);
-            meta.insert("checkpoint".to_string(), checkpoint.display().to_string());
-            meta.insert("layers".to_string(), layers.to_string());
-            meta.insert("pool".to_string(), format!("{pool:?}"));
-            let t = Tensor::from_vec(rows, (n, dim), &Device::Cpu)?;
-            save_safetensors(out, &[("features".to_string(), t)], meta)?;
+            let names: Vec<String> = files.iter().map(|f| relative_name(images, f)).collect();
+            let (labels, class_names) = folder_labels(&names);
+            let manifest = serde_json::json!({
+                "checkpoint": {
+                    "path": checkpoint.display().to_string(),
+                    "sha256": features::sha256_file(checkpoint)?,
+                    "bytes": std::fs::metadata(checkpoint)?.len(),
+                    "key": loaded.selection.key,
+                    "requested_key": args.key,
+                    "arch": loaded.config.preset_name().unwrap_or_else(|| "custom".into()),
+                    "config": loaded.config,
+                },
+                "data": {
+                    "images": images.display().to_string(),
+                    "num_images": n,
+                    "num_classes": class_names.len(),
+                    "labels": "index of the image's top-level folder (sorted names); -1 for images directly in the folder",
+                },
+                "transform": {
+                    "resize": resize,
+                    "crop": crop,
+                    "resize_interpolation": "bicubic (PIL), shorter side; 0 = unchanged",
+                    "crop_kind": "center; 0 = whole image",
+                    "normalize_mean": IMAGENET_MEAN,
+                    "normalize_std": IMAGENET_STD,
+                },
+                "features": {
+                    "layers": layers,
+                    "pool": pool,
+                    "dim": dim,
+                },
+                "extraction": {
+                    "seconds": seconds,
+                    "images_per_second": n as f64 / seconds.max(1e-9),
+                    "device": format!("{dev:?}"),
+                    "dtype": "f32",
+                    "batch_size": batch_size,
+                },
+            });
+            let x = ndarray::Array2::from_shape_vec((n, dim), rows)?;
+            let extra = HashMap::from([("files".to_string(), serde_json::to_string(&names)?)]);
+            features::write_feature_file(out, &x, &labels, &class_names, &manifest, extra)?;
         }
     }
     eprintln!("wrote {n} × {dim} features to {}", out.display());
     Ok(())
+}
+
+/// `/`-separated path of an image relative to the listed folder.
+fn relative_name(root: &Path, file: &Path) -> String {
+    file.strip_prefix(root)
+        .unwrap_or(file)
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// ImageFolder-style labels for a listing: the top-level folder of each image, classes sorted by
+/// name; images directly in the listed folder are unlabelled (−1).
+fn folder_labels(names: &[String]) -> (Vec<i64>, Vec<String>) {
+    let class_of = |name: &str| name.split_once('/').map(|(c, _)| c.to_string());
+    let mut classes: Vec<String> = names.iter().filter_map(|n| class_of(n)).collect();
+    classes.sort();
+    classes.dedup();
+    let labels = names
+        .iter()
+        .map(|n| match class_of(n) {
+            Some(c) => classes.binary_search(&c).expect("listed class") as i64,
+            None => -1,
+        })
+        .collect();
+    (labels, classes)
 }
 
 fn write_npy_atomic(out: &Path, rows: &[f32], n: usize, dim: usize) -> Result<()> {

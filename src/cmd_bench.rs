@@ -12,6 +12,8 @@ pub enum BenchCommand {
     Metrics(crate::cmd_metrics::BenchMetrics),
     #[command(flatten)]
     Eval(crate::cmd_eval::BenchEval),
+    #[command(flatten)]
+    Pretrain(crate::cmd_pretrain::BenchPretrain),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -20,5 +22,6 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Data(c) => crate::cmd_data::run_bench(c),
         BenchCommand::Metrics(c) => crate::cmd_metrics::run_bench(c),
         BenchCommand::Eval(c) => crate::cmd_eval::run_bench(c),
+        BenchCommand::Pretrain(c) => crate::cmd_pretrain::run_bench(c),
     }
 }

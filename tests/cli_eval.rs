@@ -256,3 +256,393 @@ fn bad_inputs_fail_with_a_message_naming_the_file() {
     assert!(err.contains("k must be at least 1"), "{err}");
     assert!(!out.join("result.json").exists());
 }
+
+// ---- checkpoint mode: `ibot eval knn --checkpoint … --data …` through the feature store ----
+
+/// A random-init tiny ViT (patch 8) saved as safetensors.
+fn save_tiny_vit(path: &Path, seed: u64) {
+    let cfg = backbone::VitConfig {
+        embed_dim: 16,
+        depth: 2,
+        num_heads: 2,
+        mlp_hidden: 32,
+        patch_size: 8,
+        img_size: 32,
+        in_chans: 3,
+        drop_path_rate: 0.0,
+        masked_im_modeling: false,
+    };
+    let mut weights: Vec<_> = backbone::init::init_weights(&cfg, seed)
+        .unwrap()
+        .into_iter()
+        .collect();
+    weights.sort_by(|a, b| a.0.cmp(&b.0));
+    backbone::checkpoint::save_safetensors(
+        path,
+        &weights,
+        backbone::checkpoint::config_metadata(&cfg),
+    )
+    .unwrap();
+}
+
+/// `root/<class>/NN.png`: noise with a class-dependent dominant channel.
+fn write_image_folder(root: &Path, per_class: usize, seed: u64) {
+    for (class, name) in ["red", "green", "blue"].iter().enumerate() {
+        for i in 0..per_class {
+            let mut state = seed ^ ((class * 1000 + i) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let img = image::RgbImage::from_fn(40, 36, |_, _| {
+                let mut px = [0u8; 3];
+                for (c, p) in px.iter_mut().enumerate() {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    *p = (state >> 57) as u8 + if c == class { 120 } else { 30 };
+                }
+                image::Rgb(px)
+            });
+            let path = root.join(name).join(format!("{i:02}.png"));
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            img.save(&path).unwrap();
+        }
+    }
+}
+
+struct CheckpointCase {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    ckpt: PathBuf,
+    config: PathBuf,
+}
+
+fn checkpoint_case() -> CheckpointCase {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let ckpt = root.join("vit.safetensors");
+    save_tiny_vit(&ckpt, 5);
+    write_image_folder(&root.join("images/train"), 6, 1);
+    write_image_folder(&root.join("images/val"), 3, 2);
+    std::fs::create_dir_all(root.join("configs")).unwrap();
+    let config = root.join("configs/tiny.toml");
+    std::fs::write(
+        &config,
+        "name = \"tiny\"\ntransform = { resize = 32, crop = 32 }\n\
+         [train]\nformat = \"image_folder\"\nroot = \"../images/train\"\n\
+         [val]\nformat = \"image_folder\"\nroot = \"../images/val\"\n",
+    )
+    .unwrap();
+    CheckpointCase {
+        _dir: dir,
+        root,
+        ckpt,
+        config,
+    }
+}
+
+fn run_ok(args: &[&str]) -> Output {
+    let out = ibot(args);
+    assert!(
+        out.status.success(),
+        "ibot {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn checkpoint_mode_extracts_once_then_hits_the_cache() {
+    let case = checkpoint_case();
+    let (cache, out) = (case.root.join("cache"), case.root.join("out"));
+    let args = [
+        "eval",
+        "knn",
+        "--checkpoint",
+        s(&case.ckpt),
+        "--data",
+        s(&case.config),
+        "--cache",
+        s(&cache),
+        "--k",
+        "1,5",
+        "--batch-size",
+        "4",
+        "--out",
+        s(&out),
+    ];
+    let first = run_ok(&args);
+    let r1 = result(&out);
+    assert_eq!(
+        r1["knn"].as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["1", "5"]
+    );
+    for k in ["1", "5"] {
+        for t in ["top1", "top5"] {
+            let v = r1["knn"][k][t].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&v), "{k} {t} {v}");
+        }
+    }
+    assert_eq!(r1["config"]["k"], serde_json::json!([1, 5]));
+    assert_eq!(r1["config"]["data"], "tiny");
+    let m = &r1["manifest"];
+    for (split, n) in [("train", 18), ("val", 9)] {
+        let s = &m[split];
+        assert_eq!(s["data"]["split"], split);
+        assert_eq!(s["data"]["num_images"], n);
+        assert_eq!(s["data"]["num_classes"], 3);
+        assert_eq!(s["features"]["spec"], "cls");
+        assert_eq!(s["features"]["dim"], 16);
+        assert_eq!(s["cache"]["from_cache"], false);
+        assert_eq!(s["checkpoint"]["sha256"].as_str().unwrap().len(), 64);
+        assert_eq!(s["transform"]["crop"], 32);
+        let key = s["cache"]["key"].as_str().unwrap();
+        assert!(cache.join(format!("{key}.safetensors")).exists());
+    }
+    assert!(m["data_config"].as_str().unwrap().ends_with("tiny.toml"));
+    let table = String::from_utf8_lossy(&first.stdout);
+    assert!(table.contains("train 18  test 9"), "{table}");
+
+    // Second run: both splits from the cache, same numbers.
+    let second = run_ok(&args);
+    let r2 = result(&out);
+    assert_eq!(r2["knn"], r1["knn"]);
+    for split in ["train", "val"] {
+        assert_eq!(r2["manifest"][split]["cache"]["from_cache"], true);
+        assert_eq!(
+            r2["manifest"][split]["cache"]["key"],
+            r1["manifest"][split]["cache"]["key"]
+        );
+    }
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(err.matches("from cache").count(), 2, "{err}");
+
+    // Another layout is another cache entry.
+    run_ok(&[
+        "eval",
+        "knn",
+        "--checkpoint",
+        s(&case.ckpt),
+        "--data",
+        s(&case.config),
+        "--cache",
+        s(&cache),
+        "--features",
+        "cls-last-2+avg",
+        "--k",
+        "3",
+        "--out",
+        s(&out),
+    ]);
+    let r3 = result(&out);
+    assert_eq!(r3["manifest"]["val"]["features"]["dim"], 48);
+    assert_eq!(r3["manifest"]["val"]["cache"]["from_cache"], false);
+    let entries = std::fs::read_dir(&cache).unwrap().count();
+    assert_eq!(entries, 4, "train+val for two layouts, no leftovers");
+}
+
+#[test]
+fn checkpoint_mode_agrees_with_extract_then_precomputed_knn() {
+    let case = checkpoint_case();
+    let cache = case.root.join("cache");
+    run_ok(&[
+        "eval",
+        "knn",
+        "--checkpoint",
+        s(&case.ckpt),
+        "--data",
+        s(&case.config),
+        "--cache",
+        s(&cache),
+        "--k",
+        "1,3,10",
+        "--out",
+        s(&case.root.join("direct")),
+    ]);
+    let direct = result(&case.root.join("direct"));
+
+    // The same features through `ibot extract` (the store's file format) and the .npy mode.
+    let mut npy = Vec::new();
+    for split in ["train", "val"] {
+        let st = case.root.join(format!("{split}.safetensors"));
+        run_ok(&[
+            "extract",
+            "--checkpoint",
+            s(&case.ckpt),
+            "--images",
+            s(&case.root.join("images").join(split)),
+            "--out",
+            s(&st),
+            "--resize",
+            "32",
+            "--crop",
+            "32",
+        ]);
+        let file = features::read_feature_file(&st).unwrap();
+        assert_eq!(file.class_names, ["blue", "green", "red"]);
+        assert_eq!(file.manifest["features"]["dim"], 16);
+        assert_eq!(
+            file.manifest["checkpoint"]["sha256"]
+                .as_str()
+                .unwrap()
+                .len(),
+            64
+        );
+        assert!(file.metadata["files"].starts_with(r#"["blue/00.png","#));
+        // The store's cache entry for this split holds the same rows and labels.
+        let key = direct["manifest"][split]["cache"]["key"].as_str().unwrap();
+        let cached =
+            features::read_feature_file(&cache.join(format!("{key}.safetensors"))).unwrap();
+        assert_eq!(cached.labels, file.labels);
+        let diff = (&cached.x - &file.x)
+            .mapv(f32::abs)
+            .fold(0f32, |m, &v| m.max(v));
+        assert!(diff < 1e-5, "store vs extract max |Δ| {diff}");
+
+        let features_path = case.root.join(format!("{split}.npy"));
+        let labels_path = case.root.join(format!("{split}_labels.txt"));
+        write_npy(&features_path, &file.x);
+        let labels: Vec<usize> = file.labels.iter().map(|&l| l as usize).collect();
+        write_labels(&labels_path, &labels);
+        npy.push((features_path, labels_path));
+    }
+    run_ok(&[
+        "eval",
+        "knn",
+        "--train-features",
+        s(&npy[0].0),
+        "--train-labels",
+        s(&npy[0].1),
+        "--test-features",
+        s(&npy[1].0),
+        "--test-labels",
+        s(&npy[1].1),
+        "--k",
+        "1,3,10",
+        "--out",
+        s(&case.root.join("npy")),
+    ]);
+    assert_eq!(result(&case.root.join("npy"))["knn"], direct["knn"]);
+}
+
+#[test]
+fn the_default_cache_honours_ibot_cache() {
+    let case = checkpoint_case();
+    let home = case.root.join("cache-home");
+    let out = Command::new(env!("CARGO_BIN_EXE_ibot"))
+        .args([
+            "eval",
+            "knn",
+            "--checkpoint",
+            s(&case.ckpt),
+            "--data",
+            s(&case.config),
+            "--k",
+            "2",
+            "--out",
+            s(&case.root.join("out")),
+        ])
+        .env("IBOT_CACHE", &home)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = result(&case.root.join("out"));
+    let key = r["manifest"]["val"]["cache"]["key"].as_str().unwrap();
+    assert!(home
+        .join("features")
+        .join(format!("{key}.safetensors"))
+        .exists());
+}
+
+#[test]
+fn mode_and_config_errors_name_what_is_wrong() {
+    let case = checkpoint_case();
+    let out = case.root.join("out");
+    let err = failure(&["eval", "knn", "--out", s(&out)]);
+    assert!(
+        err.contains("--train-features") && err.contains("--checkpoint"),
+        "{err}"
+    );
+    let err = failure(&[
+        "eval",
+        "knn",
+        "--checkpoint",
+        s(&case.ckpt),
+        "--out",
+        s(&out),
+    ]);
+    assert!(err.contains("--data"), "{err}");
+    let err = failure(&[
+        "eval",
+        "knn",
+        "--checkpoint",
+        s(&case.ckpt),
+        "--data",
+        s(&case.config),
+        "--train-features",
+        "x.npy",
+        "--out",
+        s(&out),
+    ]);
+    assert!(err.contains("cannot be used with"), "{err}");
+    let err = failure(&["eval", "knn", "--train-features", "x.npy", "--out", s(&out)]);
+    assert!(err.contains("--train-labels"), "{err}");
+    let base = |extra: &[&'static str], config: &Path| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "eval",
+            "knn",
+            "--checkpoint",
+            s(&case.ckpt),
+            "--data",
+            s(config),
+            "--cache",
+            s(&case.root.join("cache")),
+            "--out",
+            s(&out),
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+        v.extend(extra.iter().map(|x| x.to_string()));
+        v
+    };
+    let fail = |a: Vec<String>| failure(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let err = fail(base(&["--features", "pooled"], &case.config));
+    assert!(err.contains("unknown feature layout \"pooled\""), "{err}");
+    let err = fail(base(&["--features", "cls-last-3"], &case.config));
+    assert!(
+        err.contains("needs 3 blocks") && err.contains("depth 2"),
+        "{err}"
+    );
+    let err = fail(base(&["--features", "head-logits"], &case.config));
+    assert!(
+        err.contains("no projection head") && err.contains("vit.safetensors"),
+        "{err}"
+    );
+
+    let typo = case.root.join("configs/typo.toml");
+    std::fs::write(
+        &typo,
+        std::fs::read_to_string(&case.config)
+            .unwrap()
+            .replace("resize", "resise"),
+    )
+    .unwrap();
+    let err = fail(base(&[], &typo));
+    assert!(err.contains("typo.toml") && err.contains("resise"), "{err}");
+    let moved = case.root.join("configs/moved.toml");
+    std::fs::write(
+        &moved,
+        std::fs::read_to_string(&case.config)
+            .unwrap()
+            .replace("images/val", "images/gone"),
+    )
+    .unwrap();
+    let err = fail(base(&[], &moved));
+    assert!(
+        err.contains("moved.toml") && err.contains("val.root") && err.contains("images/gone"),
+        "{err}"
+    );
+    assert!(!out.join("result.json").exists());
+}

@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod head;
 pub mod init;
 pub mod ops;
 pub mod pos_embed;

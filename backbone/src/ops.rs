@@ -1,11 +1,42 @@
-//! LayerNorm and softmax that stay differentiable.
+//! LayerNorm, softmax and bias addition that stay differentiable, and fast on the CPU.
 //!
 //! candle-nn's fused `layer_norm` / `softmax_last_dim` record no backward op (candle #3011), so a
-//! model trained through them silently gets no gradients. They are also the fast path, so we use
-//! them only when nothing is being tracked (inference) and compose from tensor ops otherwise.
+//! model trained through them silently gets no gradients. On the CPU in f32 training goes through
+//! our own fused kernels with a backward (`fused`); elsewhere (CUDA, other dtypes) LayerNorm and
+//! softmax are composed from tensor ops, whose backward candle derives. [`with_composed_ops`]
+//! forces the composed path, the reference the fused kernels are tested against.
+
+use std::cell::Cell;
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
+
+mod fused;
+
+thread_local! {
+    static COMPOSED_ONLY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Run `f` with the fused CPU kernels disabled on this thread: LayerNorm, softmax and bias
+/// addition built inside `f` use composed candle ops (the reference implementation). The choice
+/// is made when the graph is built, so a backward pass run later follows it too.
+pub fn with_composed_ops<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            COMPOSED_ONLY.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(COMPOSED_ONLY.with(|c| c.replace(true)));
+    f()
+}
+
+fn fused_f32_cpu(tensors: &[&Tensor]) -> bool {
+    !COMPOSED_ONLY.with(|c| c.get())
+        && tensors
+            .iter()
+            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+}
 
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     let x = if x.is_contiguous() {
@@ -15,6 +46,14 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
     };
     if !x.track_op() && !weight.track_op() && !bias.track_op() {
         return candle_nn::ops::layer_norm(&x, weight, bias, eps as f32);
+    }
+    let d = x.dim(D::Minus1)?;
+    if fused_f32_cpu(&[&x, weight, bias]) && weight.dims() == [d] && bias.dims() == [d] && d > 0 {
+        return x.apply_op3(
+            &weight.contiguous()?,
+            &bias.contiguous()?,
+            fused::LayerNormOp { eps: eps as f32 },
+        );
     }
     let dtype = x.dtype();
     let x32 = x.to_dtype(DType::F32)?;
@@ -39,10 +78,28 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
         }
         return candle_nn::ops::softmax_last_dim(&x32)?.to_dtype(dtype);
     }
+    if fused_f32_cpu(&[&x32]) {
+        return x32.contiguous()?.apply_op1(SoftmaxLastDim)?.to_dtype(dtype);
+    }
     let max = x32.max_keepdim(D::Minus1)?.detach();
     let e = x32.broadcast_sub(&max)?.exp()?;
     let sum = e.sum_keepdim(D::Minus1)?;
     e.broadcast_div(&sum)?.to_dtype(dtype)
+}
+
+/// `x + bias` with `bias` broadcast over the leading dimensions of `x` (a Linear layer's bias).
+/// On the CPU in f32 the backward sums the bias gradient over rows in parallel.
+pub fn add_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    if fused_f32_cpu(&[x, bias]) && bias.dims() == [d] {
+        let x = if x.is_contiguous() {
+            x.clone()
+        } else {
+            x.contiguous()?
+        };
+        return x.apply_op2(&bias.contiguous()?, fused::AddBias);
+    }
+    x.broadcast_add(bias)
 }
 
 /// Exact (erf) GELU. On the CPU in f32 this is a vectorisable, multi-threaded kernel using the
@@ -97,6 +154,24 @@ fn gelu(x: f32) -> f32 {
 #[inline(always)]
 fn gelu_grad(x: f32) -> f32 {
     0.5 * (1.0 + erf(x * SQRT1_2)) + x * INV_SQRT_2PI * exp_neg(-0.5 * x * x)
+}
+
+/// [`with_simd`] for kernels of any signature: `kernel` must be an `#[inline(always)]` fn item
+/// taking its arguments as one tuple.
+#[inline(always)]
+fn with_simd_args<A, R, K: Fn(A) -> R>(kernel: K, args: A) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<A, R, K: Fn(A) -> R>(kernel: K, args: A) -> R {
+            kernel(args)
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the enabled features (checked just above).
+            return unsafe { avx2(kernel, args) };
+        }
+    }
+    kernel(args)
 }
 
 /// Run `kernel` compiled a second time with AVX2+FMA when the CPU has them: the portable x86-64
@@ -209,7 +284,7 @@ fn softmax_row(src: &[f32], dst: &mut [f32]) {
     with_simd(softmax_row_body, src, dst)
 }
 
-/// Row softmax for inference: rows in parallel, the vectorisable `exp_neg`.
+/// Row softmax: rows in parallel, the vectorisable `exp_neg`; backward by `fused::SoftmaxGrad`.
 struct SoftmaxLastDim;
 
 impl CustomOp1 for SoftmaxLastDim {
@@ -236,6 +311,11 @@ impl CustomOp1 for SoftmaxLastDim {
                 }
             });
         Ok((CpuStorage::F32(dst), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let grad = grad_res.contiguous()?;
+        Ok(Some(res.apply_op2_no_bwd(&grad, &fused::SoftmaxGrad)?))
     }
 }
 

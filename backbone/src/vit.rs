@@ -7,7 +7,7 @@ use candle_nn::VarBuilder;
 use rand::Rng;
 
 use crate::config::{VitConfig, LAYER_NORM_EPS};
-use crate::ops::{gelu_erf, layer_norm, softmax_last_dim};
+use crate::ops::{add_bias, gelu_erf, layer_norm, softmax_last_dim};
 use crate::pos_embed::PosEmbedInterpolator;
 
 /// Training-time randomness: drop-path draws its per-sample keep decisions here.
@@ -36,10 +36,10 @@ impl Module for Linear {
         let dims = x.dims();
         let in_dim = dims[dims.len() - 1];
         let rows: usize = dims[..dims.len() - 1].iter().product();
-        let y = x
-            .reshape((rows, in_dim))?
-            .matmul(&self.weight.t()?)?
-            .broadcast_add(&self.bias)?;
+        let y = add_bias(
+            &x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?,
+            &self.bias,
+        )?;
         let mut out_dims = dims.to_vec();
         *out_dims.last_mut().unwrap() = self.weight.dim(0)?;
         y.reshape(out_dims)
@@ -100,7 +100,7 @@ impl PatchEmbed {
             .reshape((b * rows * cols, c * p * p))?;
         let d = self.weight.dim(0)?;
         let w2 = self.weight.reshape((d, c * p * p))?;
-        let tokens = patches.matmul(&w2.t()?)?.broadcast_add(&self.bias)?;
+        let tokens = add_bias(&patches.matmul(&w2.t()?)?, &self.bias)?;
         Ok((tokens.reshape((b, rows * cols, d))?, rows, cols))
     }
 }

@@ -16,6 +16,15 @@ use ndarray_npy::{ReadNpyError, ReadNpyExt, WriteNpyExt};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+/// What a protocol needs to evaluate one checkpoint on one data set (shared by `ibot eval … --checkpoint
+/// --data` and `ibot suite`). Each protocol file exposes `pub fn evaluate(ctx: &EvalContext, opts:
+/// &<Protocol>Options) -> anyhow::Result<serde_json::Value>` returning its whole result.json body.
+pub struct EvalContext<'a> {
+    pub model: &'a features::ModelSource,
+    pub data: &'a features::DataConfig,
+    pub store: &'a features::FeatureStore,
+}
+
 #[derive(Subcommand)]
 pub enum EvalCommand {
     /// Weighted k-NN (DINO/iBOT protocol: L2-normalised features, cosine similarity, exp(sim/T) votes).

@@ -1,10 +1,564 @@
-//! `ibot eval semisup` — placeholder, owned by the semi-supervised work (issue 6).
+//! `ibot eval semisup`: frozen-feature semi-supervised evaluation (iBOT §8.4). For each label split of
+//! TRAIN (class-balanced 1% / 10%, or SimCLR split files) it runs logistic regression (tasks/semisup),
+//! weighted k-NN (tasks/knn) and the linear-probe sweep (tasks/linear) on the split, scored on full val.
 
-use clap::Args;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::{ArgGroup, Args};
+use ndarray::{Array2, Axis};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use super::linear::{run_probe, write_result, LinearOptions};
+use super::{check_rows, read_bytes, read_features, read_labels, EvalContext};
+
+/// One protocol run on each split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Logreg,
+    Knn,
+    Linear,
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "logreg" => Ok(Protocol::Logreg),
+            "knn" => Ok(Protocol::Knn),
+            "linear" => Ok(Protocol::Linear),
+            _ => Err(format!(
+                "unknown protocol {s:?}: expected logreg, knn or linear"
+            )),
+        }
+    }
+}
 
 #[derive(Args)]
-pub struct SemisupArgs {}
+#[command(group(
+    ArgGroup::new("mode")
+        .required(true)
+        .args(["train_features", "checkpoint"])
+))]
+pub struct SemisupArgs {
+    /// Precomputed mode — features of the FULL train set (.npy, one row per image); splits are
+    /// drawn from these rows.
+    #[arg(
+        long,
+        requires_all = ["train_labels", "test_features", "test_labels"],
+        conflicts_with_all = ["checkpoint", "data", "checkpoint_key", "arch", "cache"]
+    )]
+    pub train_features: Option<PathBuf>,
+    /// Precomputed mode — train labels, one per line in row order.
+    #[arg(long, requires = "train_features")]
+    train_labels: Option<PathBuf>,
+    /// Precomputed mode — val features.
+    #[arg(long, requires = "train_features")]
+    test_features: Option<PathBuf>,
+    /// Precomputed mode — val labels.
+    #[arg(long, requires = "train_features")]
+    test_labels: Option<PathBuf>,
+    /// Precomputed mode — one file name per train row (needed by --split-file).
+    #[arg(long, requires = "train_features")]
+    train_names: Option<PathBuf>,
+    /// Checkpoint mode — the frozen model.
+    #[arg(long, requires = "data")]
+    checkpoint: Option<PathBuf>,
+    /// Checkpoint mode — data config (configs/data/*.toml); the splits are drawn from its train split.
+    #[arg(long, requires = "checkpoint")]
+    data: Option<PathBuf>,
+    #[arg(long, requires = "checkpoint")]
+    checkpoint_key: Option<String>,
+    #[arg(long, requires = "checkpoint")]
+    arch: Option<String>,
+    /// Checkpoint mode — feature cache directory (default as `ibot eval knn`).
+    #[arg(long, requires = "checkpoint")]
+    cache: Option<PathBuf>,
+    /// Label percentages: class-balanced, deterministic (seeded) subsets of TRAIN.
+    #[arg(long, value_delimiter = ',', default_values_t = [1.0, 10.0])]
+    percent: Vec<f64>,
+    /// SimCLR-style split files (one train file name per line, e.g. `1percent.txt`), evaluated in
+    /// addition to --percent; each is reported under its file name.
+    #[arg(long)]
+    split_file: Vec<PathBuf>,
+    /// Protocols to run on each split.
+    #[arg(long, value_delimiter = ',', default_values = ["logreg", "knn", "linear"])]
+    protocols: Vec<Protocol>,
+    /// Logistic-regression λ grid (objective mean CE + λ/2‖W‖², cyanure's λ; sklearn C = 1/(nλ)).
+    #[arg(long, value_delimiter = ',')]
+    lambdas: Option<Vec<f64>>,
+    /// Fraction of each class of a split held out to choose λ and the linear head.
+    #[arg(long, default_value_t = 0.1)]
+    holdout: f64,
+    /// k-NN neighbours.
+    #[arg(long, default_value_t = 20)]
+    k: usize,
+    #[arg(long, default_value_t = knn::DEFAULT_TEMPERATURE)]
+    temperature: f32,
+    /// Linear part: heads (full | lr-only).
+    #[arg(long, default_value = "full")]
+    linear_sweep: linear::Sweep,
+    #[arg(long, default_value_t = 100)]
+    linear_epochs: usize,
+    #[arg(long, default_value_t = 1024)]
+    linear_batch_size: usize,
+    /// Seeds the percentage splits, hold-outs and the linear heads.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output directory; result.json is written there.
+    #[arg(long)]
+    out: PathBuf,
+}
 
-pub fn run(_args: SemisupArgs) -> anyhow::Result<()> {
-    anyhow::bail!("ibot eval semisup is not built yet")
+/// Semi-supervised options of `ibot suite` (`[semisup]` table) and of the checkpoint mode.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SemisupOptions {
+    pub percent: Vec<f64>,
+    pub split_files: Vec<PathBuf>,
+    pub protocols: Vec<Protocol>,
+    pub lambdas: Vec<f64>,
+    pub holdout: f64,
+    pub seed: u64,
+    pub k: usize,
+    pub temperature: f32,
+    /// Features for logistic regression and k-NN (iBOT: final-norm CLS).
+    pub features: features::FeatureSpec,
+    pub solver: semisup::Solver,
+    /// The linear part (its `holdout` and `seed` are replaced by the ones above).
+    pub linear: LinearOptions,
+}
+
+impl Default for SemisupOptions {
+    fn default() -> Self {
+        SemisupOptions {
+            percent: vec![1.0, 10.0],
+            split_files: Vec::new(),
+            protocols: vec![Protocol::Logreg, Protocol::Knn, Protocol::Linear],
+            lambdas: semisup::default_lambdas(),
+            holdout: 0.1,
+            seed: 0,
+            k: 20,
+            temperature: knn::DEFAULT_TEMPERATURE,
+            features: features::FeatureSpec::Cls,
+            solver: semisup::Solver::default(),
+            linear: LinearOptions::default(),
+        }
+    }
+}
+
+pub fn run(args: SemisupArgs) -> anyhow::Result<()> {
+    let opts = SemisupOptions {
+        percent: args.percent.clone(),
+        split_files: args.split_file.clone(),
+        protocols: args.protocols.clone(),
+        lambdas: args
+            .lambdas
+            .clone()
+            .unwrap_or_else(semisup::default_lambdas),
+        holdout: args.holdout,
+        seed: args.seed,
+        k: args.k,
+        temperature: args.temperature,
+        linear: LinearOptions {
+            sweep: args.linear_sweep,
+            epochs: args.linear_epochs,
+            batch_size: args.linear_batch_size,
+            ..LinearOptions::default()
+        },
+        ..SemisupOptions::default()
+    };
+    let result = match (&args.train_features, &args.checkpoint, &args.data) {
+        (Some(train_features), _, _) => precomputed(&args, train_features, &opts)?,
+        (None, Some(checkpoint), Some(data_path)) => {
+            let data = features::DataConfig::load(data_path)?;
+            let model = features::ModelSource {
+                checkpoint: checkpoint.clone(),
+                key: args.checkpoint_key.clone(),
+                arch: args.arch.clone(),
+            };
+            let store = features::FeatureStore::new(
+                args.cache
+                    .clone()
+                    .unwrap_or_else(super::knn::default_cache_dir),
+            );
+            let ctx = EvalContext {
+                model: &model,
+                data: &data,
+                store: &store,
+            };
+            let mut result = evaluate(&ctx, &opts)?;
+            result["manifest"]["data_config"] = json!(data_path.display().to_string());
+            result
+        }
+        _ => bail!("give --train-features … or --checkpoint … --data …"),
+    };
+    write_result(&args.out, &result)?;
+    print!("{}", table(&result));
+    eprintln!("wrote {}", args.out.join("result.json").display());
+    Ok(())
+}
+
+fn precomputed(
+    args: &SemisupArgs,
+    train_features: &Path,
+    opts: &SemisupOptions,
+) -> anyhow::Result<Value> {
+    let (Some(train_labels), Some(test_features), Some(test_labels)) =
+        (&args.train_labels, &args.test_features, &args.test_labels)
+    else {
+        bail!("--train-features, --train-labels, --test-features and --test-labels go together");
+    };
+    let (train, train_entry) = read_features(train_features)?;
+    let (train_y, train_labels_entry) = read_labels(train_labels)?;
+    let (test, test_entry) = read_features(test_features)?;
+    let (test_y, test_labels_entry) = read_labels(test_labels)?;
+    check_rows(train_features, train.nrows(), train_labels, train_y.len())?;
+    check_rows(test_features, test.nrows(), test_labels, test_y.len())?;
+    if train.ncols() != test.ncols() {
+        bail!(
+            "{} has feature dimension {} but {} has {}",
+            test_features.display(),
+            test.ncols(),
+            train_features.display(),
+            train.ncols()
+        );
+    }
+    let mut manifest = json!({
+        "train_features": train_entry,
+        "train_labels": train_labels_entry,
+        "test_features": test_entry,
+        "test_labels": test_labels_entry,
+        "ibot_version": env!("CARGO_PKG_VERSION"),
+    });
+    let names = match &args.train_names {
+        Some(path) => {
+            let (bytes, entry) = read_bytes(path)?;
+            let text = String::from_utf8(bytes)
+                .map_err(|_| anyhow::anyhow!("{}: not UTF-8 text", path.display()))?;
+            let names: Vec<String> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(String::from)
+                .collect();
+            check_rows(train_features, train.nrows(), path, names.len())?;
+            manifest["train_names"] = entry;
+            Some(names)
+        }
+        None => None,
+    };
+    let inputs = Inputs {
+        train: &train,
+        train_labels: &train_y,
+        val: &test,
+        val_labels: &test_y,
+        linear: None,
+        names: names.as_deref(),
+    };
+    let (body, split_manifest) = evaluate_splits(&inputs, opts)?;
+    manifest["splits"] = split_manifest;
+    Ok(json!({
+        "semisup": body,
+        "config": config_json(opts, "precomputed (L2-normalised for logreg and k-NN; as given for linear)"),
+        "manifest": manifest,
+    }))
+}
+
+/// Full-train features and what the splits need.
+struct Inputs<'a> {
+    train: &'a Array2<f32>,
+    train_labels: &'a [usize],
+    val: &'a Array2<f32>,
+    val_labels: &'a [usize],
+    /// Separate (train, val) features for the linear part; `None` uses `train`/`val`.
+    linear: Option<(&'a Array2<f32>, &'a Array2<f32>)>,
+    /// File name per train row, for split files.
+    names: Option<&'a [String]>,
+}
+
+fn evaluate_splits(inputs: &Inputs, opts: &SemisupOptions) -> anyhow::Result<(Value, Value)> {
+    if opts.percent.is_empty() && opts.split_files.is_empty() {
+        bail!("no split: give --percent and/or --split-file");
+    }
+    if opts.protocols.is_empty() {
+        bail!("no protocol to run");
+    }
+    let mut splits: Vec<(String, Vec<usize>, Value)> = Vec::new();
+    for &p in &opts.percent {
+        let rows = semisup::percent_split(inputs.train_labels, p, opts.seed)?;
+        splits.push((
+            format!("{p}%"),
+            rows,
+            json!({"kind": "class-balanced percentage", "percent": p, "seed": opts.seed}),
+        ));
+    }
+    for path in &opts.split_files {
+        let Some(names) = inputs.names else {
+            bail!(
+                "{}: a split file needs the train images' file names (--train-names in precomputed mode; an image-folder or file-list data config in checkpoint mode)",
+                path.display()
+            );
+        };
+        let listed = semisup::read_split_file(path)?;
+        let rows = semisup::names_split(names, &listed, path)?;
+        let (_, entry) = read_bytes(path)?;
+        let name = path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into(),
+        );
+        splits.push((name, rows, json!({"kind": "split file", "file": entry})));
+    }
+
+    let mut body = Map::new();
+    let mut manifest = Map::new();
+    for (name, rows, entry) in splits {
+        let labels: Vec<usize> = rows.iter().map(|&i| inputs.train_labels[i]).collect();
+        let x = inputs.train.select(Axis(0), &rows);
+        let mut out = Map::new();
+        out.insert("train_images".into(), json!(rows.len()));
+        for protocol in &opts.protocols {
+            let what = || format!("{name} split: {protocol:?}");
+            let value = match protocol {
+                Protocol::Logreg => logreg(&x, &labels, inputs, opts, &name).with_context(what)?,
+                Protocol::Knn => knn_part(&x, &labels, inputs, opts).with_context(what)?,
+                Protocol::Linear => {
+                    let (lx, lv) = inputs.linear.unwrap_or((inputs.train, inputs.val));
+                    let split_x = lx.select(Axis(0), &rows);
+                    let lopts = LinearOptions {
+                        holdout: opts.holdout,
+                        seed: opts.seed,
+                        ..opts.linear.clone()
+                    };
+                    let (report, _) = run_probe(
+                        split_x.view(),
+                        &labels,
+                        lv.view(),
+                        inputs.val_labels,
+                        &lopts,
+                    )
+                    .with_context(what)?;
+                    serde_json::to_value(report)?
+                }
+            };
+            let key = serde_json::to_value(protocol)?
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            out.insert(key, value);
+        }
+        body.insert(name.clone(), Value::Object(out));
+        let mut entry = entry;
+        entry["train_images"] = json!(rows.len());
+        manifest.insert(name, entry);
+    }
+    Ok((Value::Object(body), Value::Object(manifest)))
+}
+
+fn logreg(
+    x: &Array2<f32>,
+    labels: &[usize],
+    inputs: &Inputs,
+    opts: &SemisupOptions,
+    name: &str,
+) -> anyhow::Result<Value> {
+    let cfg = semisup::LogRegConfig {
+        lambdas: opts.lambdas.clone(),
+        holdout: opts.holdout,
+        seed: opts.seed,
+        solver: opts.solver,
+    };
+    let bar = super::progress_bar(cfg.lambdas.len() + 1, &format!("logreg {name}"))?;
+    let report = semisup::logistic_regression(
+        x.view(),
+        labels,
+        inputs.val.view(),
+        inputs.val_labels,
+        &cfg,
+        &mut |msg| {
+            bar.set_message(format!("logreg {name} {msg}"));
+            bar.inc(1)
+        },
+    )?;
+    bar.finish_and_clear();
+    Ok(serde_json::to_value(report)?)
+}
+
+fn knn_part(
+    x: &Array2<f32>,
+    labels: &[usize],
+    inputs: &Inputs,
+    opts: &SemisupOptions,
+) -> anyhow::Result<Value> {
+    if opts.k > labels.len() {
+        bail!(
+            "k = {} is larger than the split's {} training images",
+            opts.k,
+            labels.len()
+        );
+    }
+    let params = knn::Params {
+        ks: vec![opts.k],
+        temperature: opts.temperature,
+        ..knn::Params::default()
+    };
+    let scores = knn::classify(
+        x.clone(),
+        labels,
+        inputs.val.clone(),
+        inputs.val_labels,
+        &params,
+        &|_| {},
+    )?;
+    let s = scores[0];
+    Ok(json!({"top1": s.top1(), "top5": s.top5(), "k": s.k, "temperature": opts.temperature}))
+}
+
+fn config_json(opts: &SemisupOptions, features: &str) -> Value {
+    json!({
+        "protocol": "semisup",
+        "percent": opts.percent,
+        "split_files": opts.split_files,
+        "protocols": opts.protocols,
+        "seed": opts.seed,
+        "holdout": opts.holdout,
+        "features": features,
+        "logreg": {
+            "objective": "mean cross-entropy + λ/2 ‖W‖², no intercept, L2-normalised features (cyanure's λ; sklearn C = 1/(n λ))",
+            "solver": "L-BFGS (argmin, memory 10, Moré–Thuente), f64, from W = 0",
+            "solver_settings": opts.solver,
+            "lambdas": opts.lambdas,
+            "selection": "λ with the best hold-out top-1 (ties: larger λ), then refit on the whole split",
+        },
+        "knn": {"k": opts.k, "temperature": opts.temperature},
+        "linear": {
+            "sweep": opts.linear.sweep,
+            "epochs": opts.linear.epochs,
+            "batch_size": opts.linear.batch_size,
+            "selection": "best hold-out top-1 over (head, epoch)",
+        },
+    })
+}
+
+/// Semi-supervised evaluation of one checkpoint on one data set: the whole result.json body.
+pub fn evaluate(ctx: &EvalContext, opts: &SemisupOptions) -> anyhow::Result<Value> {
+    let train = ctx
+        .store
+        .get(ctx.model, ctx.data, features::Split::Train, &opts.features)?;
+    let val = ctx
+        .store
+        .get(ctx.model, ctx.data, features::Split::Val, &opts.features)?;
+    let linear_features = if opts.protocols.contains(&Protocol::Linear) {
+        let spec = match &opts.linear.features {
+            Some(s) => s.clone(),
+            None => super::linear::default_spec(ctx.model)?,
+        };
+        if spec == opts.features {
+            None
+        } else {
+            Some((
+                ctx.store
+                    .get(ctx.model, ctx.data, features::Split::Train, &spec)?,
+                ctx.store
+                    .get(ctx.model, ctx.data, features::Split::Val, &spec)?,
+            ))
+        }
+    } else {
+        None
+    };
+    let names = if opts.split_files.is_empty() {
+        None
+    } else {
+        Some(train_names(ctx.data)?)
+    };
+    if let Some(n) = &names {
+        if n.len() != train.labels.len() {
+            bail!(
+                "the train split lists {} images but its features have {} rows",
+                n.len(),
+                train.labels.len()
+            );
+        }
+    }
+    let inputs = Inputs {
+        train: &train.x,
+        train_labels: &train.labels,
+        val: &val.x,
+        val_labels: &val.labels,
+        linear: linear_features.as_ref().map(|(t, v)| (&t.x, &v.x)),
+        names: names.as_deref(),
+    };
+    let (body, split_manifest) = evaluate_splits(&inputs, opts).with_context(|| {
+        format!(
+            "semi-supervised evaluation of {} on '{}'",
+            ctx.model.checkpoint.display(),
+            ctx.data.name
+        )
+    })?;
+    let mut config = config_json(
+        opts,
+        &format!(
+            "{} of the frozen model (L2-normalised for logreg and k-NN)",
+            opts.features
+        ),
+    );
+    config["data"] = json!(ctx.data.name);
+    let mut manifest = json!({
+        "train": train.manifest,
+        "val": val.manifest,
+        "splits": split_manifest,
+        "checkpoint": ctx.model.checkpoint.display().to_string(),
+        "ibot_version": env!("CARGO_PKG_VERSION"),
+    });
+    if let Some((t, v)) = &linear_features {
+        manifest["linear_train"] = t.manifest.clone();
+        manifest["linear_val"] = v.manifest.clone();
+    }
+    Ok(json!({"semisup": body, "config": config, "manifest": manifest}))
+}
+
+/// Relative paths of the train split's images, in feature-row order.
+fn train_names(data: &features::DataConfig) -> anyhow::Result<Vec<String>> {
+    let folder = match &data.train {
+        features::SplitSource::ImageFolder { root } => data::folder::ImageFolder::open(root)?,
+        features::SplitSource::FileList { list, root } => {
+            data::folder::ImageFolder::open_with_list(root, list)?
+        }
+        features::SplitSource::Idx { .. } => bail!(
+            "data set '{}': IDX files have no file names, so split files cannot select from them",
+            data.name
+        ),
+    };
+    Ok((0..folder.len()).map(|i| folder.relative_path(i)).collect())
+}
+
+fn pct(v: &Value) -> String {
+    v.as_f64()
+        .map_or_else(|| "—".to_string(), |f| format!("{:.2}", 100.0 * f))
+}
+
+fn table(result: &Value) -> String {
+    let mut out = format!(
+        "semi-supervised  {:<14} {:>8} {:>8} {:>8} {:>8} {:>8}\n",
+        "split", "images", "logreg", "k-NN", "linear", "λ"
+    );
+    if let Some(splits) = result["semisup"].as_object() {
+        for (name, s) in splits {
+            out += &format!(
+                "                 {:<14} {:>8} {:>8} {:>8} {:>8} {:>8}\n",
+                name,
+                s["train_images"],
+                pct(&s["logreg"]["top1"]),
+                pct(&s["knn"]["top1"]),
+                pct(&s["linear"]["top1"]),
+                s["logreg"]["lambda"]
+                    .as_f64()
+                    .map_or("—".into(), |l| format!("{l:e}")),
+            );
+        }
+    }
+    out += "top-1 % on val; λ and the linear head chosen on a hold-out of each split\n";
+    out
 }

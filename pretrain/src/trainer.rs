@@ -1,0 +1,707 @@
+//! The iBOT training loop (ibot-reference §7.1): teacher on the unmasked globals, student on the
+//! masked globals and the unmasked locals, the iBOT loss, per-parameter clipping, the frozen last
+//! layer, AdamW and the EMA teacher — with atomic checkpoints, exact resume, JSON-lines logs and
+//! collapse monitors.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use backbone::head::{init_head_weights, HeadConfig, IbotHead};
+use backbone::{TrainCtx, VisionTransformer, VitConfig};
+use candle_core::{DType, Device, IndexOp, Tensor, Var, D};
+use candle_nn::{VarBuilder, VarMap};
+use rand::SeedableRng;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::checkpoint::{self, TrainState};
+use crate::config::PretrainConfig;
+use crate::loss::IbotLoss;
+use crate::mask::MaskGenerator;
+use crate::multicrop::{mix, open_dataset, MultiCropBatch, MultiCropLoader};
+use crate::optim::AdamW;
+use crate::schedule::cosine_scheduler;
+
+pub const CHECKPOINT: &str = "checkpoint.safetensors";
+pub const TEACHER: &str = "teacher.safetensors";
+pub const INIT: &str = "init.safetensors";
+pub const LOG: &str = "log.jsonl";
+pub const SUMMARY: &str = "summary.json";
+
+/// Backbone + projection head; `VarBuilder` paths `backbone.*` / `head.*` as in the official wrapper.
+pub struct Network {
+    pub backbone: VisionTransformer,
+    pub head: IbotHead,
+}
+
+impl Network {
+    fn build(vit: &VitConfig, head: &HeadConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(Network {
+            backbone: VisionTransformer::new(vit, vb.pp("backbone"))?,
+            head: IbotHead::new(head, vb.pp("head"))?,
+        })
+    }
+}
+
+pub struct RunOptions {
+    pub out: PathBuf,
+    pub resume: bool,
+    pub device: Device,
+    /// Overrides `run.max_steps`.
+    pub max_steps: Option<usize>,
+    pub progress: bool,
+}
+
+/// Per-iteration schedules (the teacher temperatures, per epoch, live in the loss).
+struct Schedules {
+    lr: Vec<f64>,
+    wd: Vec<f64>,
+    momentum: Vec<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub steps: usize,
+    pub epoch: usize,
+    pub last_loss: Option<f64>,
+    pub seconds: f64,
+    pub images_per_s: f64,
+    pub step_seconds: Vec<f64>,
+    pub checkpoint: PathBuf,
+    pub teacher: PathBuf,
+}
+
+pub struct Trainer {
+    cfg: PretrainConfig,
+    opts: RunOptions,
+    device: Device,
+    student_vars: VarMap,
+    teacher_vars: VarMap,
+    student: Network,
+    teacher: Network,
+    optimizer: AdamW,
+    loss: IbotLoss,
+    loader: MultiCropLoader,
+    schedules: Schedules,
+    ema_pairs: Vec<(Var, Var)>,
+    state: TrainState,
+    grid: usize,
+}
+
+fn insert_vars(map: &VarMap, weights: Vec<(String, Tensor)>, device: &Device) -> Result<()> {
+    let mut data = map.data().lock().expect("VarMap lock");
+    for (name, t) in weights {
+        let var = Var::from_tensor(&t.to_dtype(DType::F32)?.to_device(device)?)?;
+        data.insert(name, var);
+    }
+    Ok(())
+}
+
+fn sorted_vars(map: &VarMap) -> Vec<(String, Var)> {
+    let data = map.data().lock().expect("VarMap lock");
+    let mut v: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+impl Trainer {
+    pub fn new(cfg: PretrainConfig, opts: RunOptions) -> Result<Self> {
+        cfg.validate()?;
+        let device = opts.device.clone();
+        std::fs::create_dir_all(&opts.out)
+            .with_context(|| format!("creating {}", opts.out.display()))?;
+        let ckpt_path = opts.out.join(CHECKPOINT);
+        let saved = if opts.resume {
+            if !ckpt_path.exists() {
+                bail!(
+                    "--resume: {} does not exist (nothing to resume)",
+                    ckpt_path.display()
+                );
+            }
+            let saved = checkpoint::load(&ckpt_path, &device)?;
+            check_compatible(&saved.config, &cfg, &ckpt_path)?;
+            Some(saved)
+        } else {
+            if ckpt_path.exists() {
+                bail!(
+                    "{} already exists: pass --resume to continue that run, or choose another --out",
+                    ckpt_path.display()
+                );
+            }
+            None
+        };
+
+        let seed = cfg.run.seed;
+        let s_vit = cfg.student_vit()?;
+        let t_vit = cfg.teacher_vit()?;
+        let s_head = cfg.student_head()?;
+        let t_head = cfg.teacher_head()?;
+
+        // Student: official init; teacher: the student's state dict loaded non-strictly (§7.4).
+        let mut student_init: Vec<(String, Tensor)> = backbone::init::init_weights(&s_vit, seed)?
+            .into_iter()
+            .map(|(k, v)| (format!("backbone.{k}"), v))
+            .collect();
+        student_init.extend(
+            init_head_weights(&s_head, seed.wrapping_add(1))?
+                .into_iter()
+                .map(|(k, v)| (format!("head.{k}"), v)),
+        );
+        let by_name: HashMap<String, Tensor> = student_init.iter().cloned().collect();
+        let mut teacher_init = Vec::new();
+        for (name, shape) in t_vit.expected_shapes() {
+            let key = format!("backbone.{name}");
+            let t = by_name[&key].clone();
+            debug_assert_eq!(t.dims(), shape.as_slice());
+            teacher_init.push((key, t));
+        }
+        for (name, t) in init_head_weights(&t_head, seed.wrapping_add(1))? {
+            let key = format!("head.{name}");
+            // A shared teacher layer receives the student's last_layer2 when the student has one
+            // (PyTorch loads last_layer then last_layer2 into the same module; §11 item 15).
+            let alt = key.replace("head.last_layer.", "head.last_layer2.");
+            let value = by_name
+                .get(&alt)
+                .filter(|_| t_head.shared && alt != key)
+                .or_else(|| by_name.get(&key))
+                .cloned()
+                .unwrap_or(t);
+            teacher_init.push((key, value));
+        }
+
+        let student_vars = VarMap::new();
+        insert_vars(&student_vars, student_init, &device)?;
+        let teacher_vars = VarMap::new();
+        insert_vars(&teacher_vars, teacher_init, &device)?;
+        let student = Network::build(
+            &s_vit,
+            &s_head,
+            VarBuilder::from_varmap(&student_vars, DType::F32, &device),
+        )?;
+        // The teacher reads detached views of its Vars: same storage (EMA updates are visible),
+        // no graph recording, so its forward takes the fused inference kernels.
+        let detached: HashMap<String, Tensor> = sorted_vars(&teacher_vars)
+            .into_iter()
+            .map(|(k, v)| (k, v.as_detached_tensor()))
+            .collect();
+        let teacher = Network::build(
+            &t_vit,
+            &t_head,
+            VarBuilder::from_tensors(detached, DType::F32, &device),
+        )?;
+
+        let frozen_g = s_head.norm_last_layer;
+        let trainable: Vec<(String, Var)> = sorted_vars(&student_vars)
+            .into_iter()
+            .filter(|(name, _)| !(frozen_g && name.ends_with(".weight_g")))
+            .collect();
+        let mut optimizer = AdamW::new(trainable);
+
+        let student_all: HashMap<String, Var> = sorted_vars(&student_vars).into_iter().collect();
+        let ema_pairs: Vec<(Var, Var)> = sorted_vars(&teacher_vars)
+            .into_iter()
+            .filter_map(|(name, t)| student_all.get(&name).map(|s| (t, s.clone())))
+            .collect();
+
+        let mut loss = IbotLoss::new(&cfg.loss_config(), &device)?;
+
+        let dataset = open_dataset(&cfg.data)?;
+        let grid = cfg.crops.global_size as usize / s_vit.patch_size;
+        let masks = MaskGenerator::new(&cfg.mask, (grid, grid))?;
+        let loader = MultiCropLoader::new(
+            dataset,
+            &cfg.crops,
+            masks,
+            cfg.optim.batch_size,
+            seed,
+            cfg.run.loader_threads,
+        )?;
+        let ipe = loader.batches_per_epoch();
+        let o = &cfg.optim;
+        let total_batch = o.batch_size as f64;
+        let schedules = Schedules {
+            lr: cosine_scheduler(
+                o.lr * total_batch / 256.0,
+                o.min_lr,
+                o.epochs,
+                ipe,
+                o.warmup_epochs,
+                0.0,
+            ),
+            wd: cosine_scheduler(o.weight_decay, o.weight_decay_end, o.epochs, ipe, 0, 0.0),
+            momentum: cosine_scheduler(o.momentum_teacher, 1.0, o.epochs, ipe, 0, 0.0),
+        };
+
+        let mut state = TrainState {
+            epoch: 0,
+            step_in_epoch: 0,
+            step: 0,
+            iters_per_epoch: ipe,
+            optimizer_steps: BTreeMap::new(),
+            last_loss: None,
+        };
+        if let Some(saved) = saved {
+            if saved.state.iters_per_epoch != ipe {
+                bail!(
+                    "{}: the checkpoint has {} iterations per epoch, this data set gives {ipe}: not the same data",
+                    ckpt_path.display(),
+                    saved.state.iters_per_epoch
+                );
+            }
+            let get = |k: &str| -> Result<Tensor> {
+                saved.tensors.get(k).cloned().ok_or_else(|| {
+                    anyhow::anyhow!("{}: tensor {k} is missing", ckpt_path.display())
+                })
+            };
+            for (prefix, map) in [("student", &student_vars), ("teacher", &teacher_vars)] {
+                for (name, var) in sorted_vars(map) {
+                    let t = get(&format!("{prefix}.{name}"))?;
+                    if t.dims() != var.dims() {
+                        bail!(
+                            "{}: {prefix}.{name} has shape {:?}, the model needs {:?}",
+                            ckpt_path.display(),
+                            t.dims(),
+                            var.dims()
+                        );
+                    }
+                    var.set(&t.to_dtype(DType::F32)?)?;
+                }
+            }
+            optimizer.load_state(&saved.state.optimizer_steps, &|k| {
+                saved.tensors.get(&format!("optimizer.{k}")).cloned()
+            })?;
+            loss.set_centers(get("ibot_loss.center")?, get("ibot_loss.center2")?)?;
+            state = saved.state;
+        }
+
+        let trainer = Trainer {
+            cfg,
+            opts,
+            device,
+            student_vars,
+            teacher_vars,
+            student,
+            teacher,
+            optimizer,
+            loss,
+            loader,
+            schedules,
+            ema_pairs,
+            state,
+            grid,
+        };
+        if trainer.opts.resume {
+            trainer.truncate_log()?;
+        } else {
+            trainer.export_teacher(&trainer.opts.out.join(INIT))?;
+            std::fs::write(
+                trainer.opts.out.join("config.json"),
+                serde_json::to_string_pretty(&trainer.cfg)? + "\n",
+            )?;
+            std::fs::write(trainer.opts.out.join(LOG), "")?;
+        }
+        Ok(trainer)
+    }
+
+    pub fn state(&self) -> &TrainState {
+        &self.state
+    }
+
+    pub fn total_steps(&self) -> usize {
+        let full = self.cfg.optim.epochs * self.state.iters_per_epoch;
+        match self.opts.max_steps.or(self.cfg.run.max_steps) {
+            Some(m) => m.min(full),
+            None => full,
+        }
+    }
+
+    /// Trains until the last epoch or `max_steps`; checkpoints on the way and at the end.
+    pub fn run(&mut self) -> Result<Summary> {
+        let total = self.total_steps();
+        let start_step = self.state.step;
+        let bar = if self.opts.progress {
+            indicatif::ProgressBar::new(total as u64)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        bar.set_style(indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} [{elapsed} < {eta}] {msg}",
+        )?);
+        bar.set_position(start_step as u64);
+        let started = Instant::now();
+        let mut step_seconds = Vec::new();
+        let mut images = 0usize;
+        let ipe = self.state.iters_per_epoch;
+        'epochs: while self.state.step < total {
+            let epoch = self.state.epoch;
+            let rx = self.loader.epoch(epoch, self.state.step_in_epoch, 2);
+            let mut teacher_pred: Vec<i64> = Vec::new();
+            let mut truth: Vec<i64> = Vec::new();
+            let mut epoch_loss = 0.0;
+            let mut epoch_steps = 0usize;
+            let epoch_start = Instant::now();
+            for batch in rx {
+                let batch = batch.with_context(|| format!("preparing a batch of epoch {epoch}"))?;
+                let t0 = Instant::now();
+                let rec = self.train_step(&batch)?;
+                let secs = t0.elapsed().as_secs_f64();
+                step_seconds.push(secs);
+                images += batch.batch;
+                teacher_pred.extend(rec.teacher_view0.iter().map(|&p| p as i64));
+                truth.extend(batch.labels.iter().map(|&l| l as i64));
+                epoch_loss += rec.loss;
+                epoch_steps += 1;
+                let step = self.state.step;
+                self.state.step += 1;
+                self.state.step_in_epoch += 1;
+                self.state.last_loss = Some(rec.loss);
+                if self.cfg.run.log_every > 0 && step % self.cfg.run.log_every == 0 {
+                    self.log(json!({
+                        "epoch": epoch, "step": step, "loss": rec.loss, "cls": rec.cls,
+                        "patch": rec.patch, "lr": rec.lr, "wd": rec.wd, "momentum": rec.momentum,
+                        "teacher_temp": rec.teacher_temp, "teacher_patch_temp": rec.teacher_patch_temp,
+                        "entropy": rec.entropy, "marginal_entropy": rec.batch_entropy,
+                        "agreement": rec.agreement, "masked_fraction": rec.masked_fraction,
+                        "images_per_s": batch.batch as f64 / secs, "step_seconds": secs,
+                        "elapsed_s": started.elapsed().as_secs_f64(),
+                        "phase_seconds": rec.phases.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+                    }))?;
+                }
+                bar.set_message(format!(
+                    "ep {epoch} loss {:.4} cls {:.4} patch {:.4} lr {:.2e} {:.1} img/s",
+                    rec.loss,
+                    rec.cls,
+                    rec.patch,
+                    rec.lr,
+                    batch.batch as f64 / secs
+                ));
+                bar.inc(1);
+                let every = self.cfg.run.checkpoint_every;
+                let epoch_done = self.state.step_in_epoch == ipe;
+                if epoch_done {
+                    self.state.epoch += 1;
+                    self.state.step_in_epoch = 0;
+                }
+                if epoch_done
+                    || (every > 0 && self.state.step % every == 0)
+                    || self.state.step >= total
+                {
+                    self.save()?;
+                }
+                if self.state.step >= total {
+                    if !epoch_done {
+                        break 'epochs;
+                    }
+                    break;
+                }
+            }
+            if self.state.step_in_epoch != 0 {
+                // The loader ran dry before the epoch ended: it reported an error above, or the
+                // step budget ended mid-epoch (handled by the break).
+                break;
+            }
+            let scores = metrics::cluster::ClusterScores::compute(&truth, &teacher_pred).ok();
+            self.log(json!({
+                "event": "epoch_end", "epoch": epoch, "steps": epoch_steps,
+                "loss_mean": if epoch_steps > 0 { epoch_loss / epoch_steps as f64 } else { f64::NAN },
+                "nmi": scores.map(|s| s.nmi), "ari": scores.map(|s| s.ari), "fmi": scores.map(|s| s.fmi),
+                "seconds": epoch_start.elapsed().as_secs_f64(),
+            }))?;
+        }
+        bar.finish_and_clear();
+        let seconds = started.elapsed().as_secs_f64();
+        let summary = Summary {
+            steps: self.state.step,
+            epoch: self.state.epoch,
+            last_loss: self.state.last_loss,
+            seconds,
+            images_per_s: images as f64 / seconds.max(1e-9),
+            step_seconds,
+            checkpoint: self.opts.out.join(CHECKPOINT),
+            teacher: self.opts.out.join(TEACHER),
+        };
+        std::fs::write(
+            self.opts.out.join(SUMMARY),
+            serde_json::to_string_pretty(&summary)? + "\n",
+        )?;
+        Ok(summary)
+    }
+
+    fn train_step(&mut self, batch: &MultiCropBatch) -> Result<StepRecord> {
+        let cfg = &self.cfg;
+        let it = self.state.step;
+        let epoch = self.state.epoch;
+        let (g, l, b) = (cfg.crops.global_crops, cfg.crops.local_crops, batch.batch);
+        let (gs, ls) = (
+            cfg.crops.global_size as usize,
+            cfg.crops.local_size as usize,
+        );
+        let n = self.grid * self.grid;
+        let dev = &self.device;
+        let globals = Tensor::from_slice(&batch.globals, (g * b, 3, gs, gs), dev)?;
+        let masks = Tensor::from_slice(&batch.masks, (g * b, n), dev)?;
+        let lr = self.schedules.lr[it];
+        let wd = self.schedules.wd[it];
+        let momentum = self.schedules.momentum[it];
+
+        let mut timer = PhaseTimer::new();
+        let t_tokens = self.teacher.backbone.forward_tokens(&globals, None, None)?;
+        let (t_cls, t_patch) = self.teacher.head.forward(&t_tokens)?;
+
+        timer.lap("teacher");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(mix(cfg.run.seed, 0xD809_9A7B, it as u64));
+        let mut ctx = TrainCtx { rng: &mut rng };
+        let s_tokens =
+            self.student
+                .backbone
+                .forward_tokens(&globals, Some(&masks), Some(&mut ctx))?;
+        let (s_cls, s_patch) = self.student.head.forward(&s_tokens)?;
+        let s_local = if l > 0 {
+            let locals = Tensor::from_slice(&batch.locals, (l * b, 3, ls, ls), dev)?;
+            let tokens = self
+                .student
+                .backbone
+                .forward_tokens(&locals, None, Some(&mut ctx))?;
+            // Local patch logits are computed and discarded officially; the CLS path is the same.
+            Some(
+                self.student
+                    .head
+                    .forward_cls(&tokens.i((.., 0))?.contiguous()?)?,
+            )
+        } else {
+            None
+        };
+
+        timer.lap("student");
+        let (teacher_temp, teacher_patch_temp) = self.loss.teacher_temps(epoch)?;
+        // Teacher argmax on global view 0 feeds the epoch-end NMI/ARI/FMI monitor.
+        let teacher_view0 = t_cls.narrow(0, 0, b)?.argmax(D::Minus1)?.to_vec1::<u32>()?;
+
+        let out = self.loss.forward(
+            &s_cls,
+            &s_patch,
+            s_local.as_ref(),
+            &t_cls,
+            &t_patch,
+            &masks,
+            epoch,
+        )?;
+        let loss = out.loss.to_dtype(DType::F32)?.to_scalar::<f32>()? as f64;
+        if !loss.is_finite() {
+            bail!(
+                "loss is {loss} at epoch {epoch}, step {it} (cls {}, patch {}): stopping; the last good checkpoint is {}",
+                out.cls,
+                out.patch,
+                self.opts.out.join(CHECKPOINT).display()
+            );
+        }
+        let stats = self
+            .loss
+            .last_stats()
+            .context("the loss recorded no teacher statistics")?;
+        timer.lap("loss");
+        let grads = out.loss.backward()?;
+        timer.lap("backward");
+        let freeze = epoch < cfg.optim.freeze_last_layer;
+        self.optimizer
+            .step(&grads, lr, wd, cfg.optim.clip_grad, &|name: &str| {
+                freeze && name.contains("last_layer")
+            })?;
+        timer.lap("optimizer");
+        for (t, s) in &self.ema_pairs {
+            let updated = ((t.as_detached_tensor() * momentum)?
+                + (s.as_detached_tensor() * (1.0 - momentum))?)?;
+            t.set(&updated)?;
+        }
+        timer.lap("ema");
+        let masked_fraction = batch.masks.iter().sum::<f32>() as f64 / batch.masks.len() as f64;
+        Ok(StepRecord {
+            loss,
+            cls: out.cls,
+            patch: out.patch,
+            lr,
+            wd,
+            momentum,
+            teacher_temp,
+            teacher_patch_temp,
+            entropy: stats.entropy,
+            batch_entropy: stats.marginal_entropy,
+            agreement: stats.agreement.unwrap_or(f64::NAN),
+            masked_fraction,
+            teacher_view0,
+            phases: timer.phases,
+        })
+    }
+
+    fn log(&self, value: serde_json::Value) -> Result<()> {
+        let path = self.opts.out.join(LOG);
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        writeln!(f, "{value}").with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
+    }
+
+    /// On resume, drop log lines from steps after the checkpoint (they will be redone).
+    fn truncate_log(&self) -> Result<()> {
+        let path = self.opts.out.join(LOG);
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Ok(());
+        };
+        let keep: String = text
+            .lines()
+            .filter(|line| {
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                    return false;
+                };
+                match (v.get("event"), v.get("step"), v.get("epoch")) {
+                    (Some(_), _, Some(e)) => {
+                        e.as_u64().is_some_and(|e| (e as usize) < self.state.epoch)
+                    }
+                    (None, Some(s), _) => {
+                        s.as_u64().is_some_and(|s| (s as usize) < self.state.step)
+                    }
+                    _ => false,
+                }
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let tmp = tempfile::NamedTempFile::new_in(dir)?;
+        std::fs::write(tmp.path(), keep)?;
+        tmp.persist(&path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok(())
+    }
+
+    fn save(&self) -> Result<()> {
+        let mut tensors = Vec::new();
+        for (prefix, map) in [
+            ("student", &self.student_vars),
+            ("teacher", &self.teacher_vars),
+        ] {
+            for (name, var) in sorted_vars(map) {
+                tensors.push((format!("{prefix}.{name}"), var.as_detached_tensor()));
+            }
+        }
+        let (moments, steps) = self.optimizer.state();
+        tensors.extend(
+            moments
+                .into_iter()
+                .map(|(k, v)| (format!("optimizer.{k}"), v)),
+        );
+        tensors.push(("ibot_loss.center".into(), self.loss.center().clone()));
+        tensors.push(("ibot_loss.center2".into(), self.loss.center2().clone()));
+        let mut state = self.state.clone();
+        state.optimizer_steps = steps;
+        checkpoint::save(&self.opts.out.join(CHECKPOINT), &self.cfg, &state, tensors)?;
+        self.export_teacher(&self.opts.out.join(TEACHER))
+    }
+
+    /// The teacher in the official backbone layout (bare keys) plus its `head.*` keys.
+    pub fn export_teacher(&self, path: &Path) -> Result<()> {
+        let tensors: Vec<(String, Tensor)> = sorted_vars(&self.teacher_vars)
+            .into_iter()
+            .map(|(name, var)| {
+                let key = name.strip_prefix("backbone.").unwrap_or(&name).to_string();
+                (key, var.as_detached_tensor())
+            })
+            .collect();
+        let mut meta = backbone::checkpoint::config_metadata(&self.cfg.teacher_vit()?);
+        meta.insert(
+            "head".into(),
+            serde_json::to_string(&self.cfg.teacher_head()?)?,
+        );
+        meta.insert("step".into(), self.state.step.to_string());
+        meta.insert("recipe".into(), self.cfg.name.clone());
+        backbone::checkpoint::save_safetensors(path, &tensors, meta)
+    }
+}
+
+/// A resumed run must be the same run; only how long it goes and how it reports may change.
+fn check_compatible(saved: &PretrainConfig, now: &PretrainConfig, path: &Path) -> Result<()> {
+    let strip = |c: &PretrainConfig| {
+        let mut c = c.clone();
+        c.run.max_steps = None;
+        c.run.checkpoint_every = 0;
+        c.run.log_every = 1;
+        c.run.loader_threads = 0;
+        c
+    };
+    if strip(saved) != strip(now) {
+        let a = serde_json::to_value(strip(saved))?;
+        let b = serde_json::to_value(strip(now))?;
+        let mut diffs = Vec::new();
+        diff_json("", &a, &b, &mut diffs);
+        bail!(
+            "{}: the recipe differs from the one this checkpoint was trained with ({}); resume with the same recipe or start a new --out",
+            path.display(),
+            diffs.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn diff_json(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    match (a, b) {
+        (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
+            for (k, v) in x {
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                match y.get(k) {
+                    Some(w) => diff_json(&p, v, w, out),
+                    None => out.push(p),
+                }
+            }
+        }
+        _ if a != b => out.push(format!("{prefix}: {a} → {b}")),
+        _ => {}
+    }
+}
+
+struct StepRecord {
+    loss: f64,
+    cls: f64,
+    patch: f64,
+    lr: f64,
+    wd: f64,
+    momentum: f64,
+    teacher_temp: f64,
+    teacher_patch_temp: f64,
+    entropy: f64,
+    batch_entropy: f64,
+    agreement: f64,
+    masked_fraction: f64,
+    teacher_view0: Vec<u32>,
+    phases: Vec<(&'static str, f64)>,
+}
+
+/// Seconds spent in each phase of a step (logged, so slow phases show up in real runs).
+struct PhaseTimer {
+    last: Instant,
+    phases: Vec<(&'static str, f64)>,
+}
+
+impl PhaseTimer {
+    fn new() -> Self {
+        PhaseTimer {
+            last: Instant::now(),
+            phases: Vec::new(),
+        }
+    }
+
+    fn lap(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.phases.push((name, (now - self.last).as_secs_f64()));
+        self.last = now;
+    }
+}

@@ -1,0 +1,204 @@
+//! `ibot pretrain` and `ibot bench pretrain`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand, ValueEnum};
+use pretrain::config::PretrainConfig;
+use pretrain::trainer::{RunOptions, Trainer};
+use serde_json::json;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum DeviceChoice {
+    /// CUDA when built with `--features cuda` and a GPU is present, else CPU.
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+pub fn device(choice: DeviceChoice) -> anyhow::Result<candle_core::Device> {
+    match choice {
+        DeviceChoice::Cpu => Ok(candle_core::Device::Cpu),
+        DeviceChoice::Auto => Ok(candle_core::Device::cuda_if_available(0)?),
+        DeviceChoice::Cuda => {
+            if !candle_core::utils::cuda_is_available() {
+                bail!("--device cuda: this binary was built without the `cuda` feature (cargo build --release --features cuda) or no GPU is visible");
+            }
+            Ok(candle_core::Device::new_cuda(0)?)
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct PretrainArgs {
+    /// Recipe, e.g. configs/pretrain/fashion-mnist.toml.
+    #[arg(long)]
+    config: PathBuf,
+    /// Output directory (checkpoint.safetensors, teacher.safetensors, init.safetensors,
+    /// log.jsonl, summary.json); defaults to runs/<recipe name>.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in --out from its checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Stop after this many steps in total (schedules keep the recipe's length).
+    #[arg(long)]
+    max_steps: Option<usize>,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
+    /// Hide the progress bar (logs still go to log.jsonl).
+    #[arg(long)]
+    quiet: bool,
+}
+
+pub fn run(args: PretrainArgs) -> anyhow::Result<()> {
+    let cfg = PretrainConfig::load(&args.config)?;
+    let out = args
+        .out
+        .unwrap_or_else(|| PathBuf::from("runs").join(&cfg.name));
+    let dev = device(args.device)?;
+    eprintln!(
+        "pretraining {} on {} → {}",
+        cfg.name,
+        if dev.is_cuda() { "CUDA" } else { "CPU" },
+        out.display()
+    );
+    let mut trainer = Trainer::new(
+        cfg,
+        RunOptions {
+            out: out.clone(),
+            resume: args.resume,
+            device: dev,
+            max_steps: args.max_steps,
+            progress: !args.quiet,
+        },
+    )
+    .with_context(|| format!("setting up the run in {}", out.display()))?;
+    if args.resume {
+        let s = trainer.state();
+        eprintln!("resuming at epoch {}, step {}", s.epoch, s.step);
+    }
+    let summary = trainer.run()?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json!({
+            "steps": summary.steps,
+            "epoch": summary.epoch,
+            "last_loss": summary.last_loss,
+            "seconds": summary.seconds,
+            "images_per_s": summary.images_per_s,
+            "checkpoint": summary.checkpoint,
+            "teacher": summary.teacher,
+        }))?
+    );
+    Ok(())
+}
+
+#[derive(Subcommand)]
+pub enum BenchPretrain {
+    /// Images/s of full iBOT training steps (teacher + student multi-crop forward, loss, backward,
+    /// AdamW, EMA) on generated images; compare with tests/reference/bench_pretrain_torch.py.
+    Pretrain(BenchPretrainArgs),
+}
+
+#[derive(Args)]
+pub struct BenchPretrainArgs {
+    #[arg(long, default_value = "vit_small")]
+    arch: String,
+    #[arg(long, default_value_t = 16)]
+    patch_size: usize,
+    #[arg(long, default_value_t = 224)]
+    global_size: u32,
+    #[arg(long, default_value_t = 96)]
+    local_size: u32,
+    #[arg(long, default_value_t = 10)]
+    local_crops: usize,
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 8192)]
+    out_dim: usize,
+    /// Timed steps (one more untimed warm-up step runs first).
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
+}
+
+pub fn run_bench(cmd: BenchPretrain) -> anyhow::Result<()> {
+    let BenchPretrain::Pretrain(a) = cmd;
+    let recipe = format!(
+        r#"
+name = "bench"
+[model]
+arch = "{arch}"
+patch_size = {patch}
+drop_path = 0.1
+[head]
+out_dim = {out_dim}
+shared_head = true
+norm_last_layer = false
+[data]
+format = "synthetic"
+images = {images}
+size = {size}
+[crops]
+global_size = {gs}
+local_size = {ls}
+local_crops = {lc}
+global_scale = [0.25, 1.0]
+local_scale = [0.05, 0.25]
+[mask]
+shape = "block"
+pred_ratio = [0.0, 0.3]
+pred_ratio_var = [0.0, 0.2]
+[loss]
+teacher_temp = 0.07
+[optim]
+epochs = 100
+batch_size = {bs}
+"#,
+        arch = a.arch,
+        patch = a.patch_size,
+        out_dim = a.out_dim,
+        images = a.batch_size * (a.steps + 1),
+        size = a.global_size.max(64),
+        gs = a.global_size,
+        ls = a.local_size,
+        lc = a.local_crops,
+        bs = a.batch_size,
+    );
+    let cfg: PretrainConfig = toml::from_str(&recipe)?;
+    let dir = tempfile::tempdir()?;
+    let dev = device(a.device)?;
+    let mut trainer = Trainer::new(
+        cfg,
+        RunOptions {
+            out: dir.path().to_path_buf(),
+            resume: false,
+            device: dev.clone(),
+            max_steps: Some(a.steps + 1),
+            progress: false,
+        },
+    )?;
+    let summary = trainer.run()?;
+    let timed = &summary.step_seconds[1..];
+    let mean = timed.iter().sum::<f64>() / timed.len().max(1) as f64;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json!({
+            "bench": "pretrain_step",
+            "arch": format!("{}/{}", a.arch, a.patch_size),
+            "global": format!("2x{}", a.global_size),
+            "local": format!("{}x{}", a.local_crops, a.local_size),
+            "batch_size": a.batch_size,
+            "out_dim": a.out_dim,
+            "device": if dev.is_cuda() { "cuda" } else { "cpu" },
+            "threads": rayon::current_num_threads(),
+            "step_seconds": timed,
+            "mean_step_seconds": mean,
+            "images_per_s": a.batch_size as f64 / mean,
+            "note": "one untimed warm-up step; data preparation runs ahead in a background thread",
+        }))?
+    );
+    Ok(())
+}
