@@ -71,7 +71,10 @@ fn features_case() -> Case {
     );
     write_labels(&root.join("train.txt"), &train_y);
     write_labels(&root.join("test.txt"), &test_y);
-    Case { _dir: dir, dir: root }
+    Case {
+        _dir: dir,
+        dir: root,
+    }
 }
 
 fn precomputed_args<'a>(c: &'a Case, out: &'a Path) -> Vec<String> {
@@ -120,7 +123,15 @@ fn precomputed_features_give_a_complete_result() {
     for key in ["optimizer", "lr", "weight_decay", "epoch", "holdout_top1"] {
         assert!(!l["selected"][key].is_null(), "selected.{key}");
     }
-    for key in ["top1", "top5", "optimizer", "lr", "weight_decay", "epoch", "note"] {
+    for key in [
+        "top1",
+        "top5",
+        "optimizer",
+        "lr",
+        "weight_decay",
+        "epoch",
+        "note",
+    ] {
         assert!(!l["best_on_val"][key].is_null(), "best_on_val.{key}");
     }
     assert!(l["best_on_val"]["note"]
@@ -255,7 +266,10 @@ fn checkpoint_case() -> Case {
          [val]\nformat = \"image_folder\"\nroot = \"images/val\"\n",
     )
     .unwrap();
-    Case { _dir: dir, dir: root }
+    Case {
+        _dir: dir,
+        dir: root,
+    }
 }
 
 fn checkpoint_args(c: &Case, out: &Path, extra: &[&str]) -> Vec<String> {

@@ -49,9 +49,14 @@ impl Case {
         let lines = |v: &[usize]| v.iter().map(|l| format!("{l}\n")).collect::<String>();
         std::fs::write(root.join("train.txt"), lines(&train_y)).unwrap();
         std::fs::write(root.join("test.txt"), lines(&test_y)).unwrap();
-        let names: String = (0..400).map(|i| format!("c{}/img_{i:04}.png\n", train_y[i])).collect();
+        let names: String = (0..400)
+            .map(|i| format!("c{}/img_{i:04}.png\n", train_y[i]))
+            .collect();
         std::fs::write(root.join("names.txt"), names).unwrap();
-        Case { _dir: dir, dir: root }
+        Case {
+            _dir: dir,
+            dir: root,
+        }
     }
 
     fn args(&self, out: &Path, extra: &[&str]) -> Vec<String> {
@@ -183,7 +188,9 @@ fn bad_inputs_fail_with_reasons() {
         ],
     ));
     assert!(
-        err.contains("missing.txt: 1 of 2 listed files are not in the training set (first: not_there.png)"),
+        err.contains(
+            "missing.txt: 1 of 2 listed files are not in the training set (first: not_there.png)"
+        ),
         "{err}"
     );
     let err = failure(&c.args(&out, &["--split-file", &s(&c.p("missing.txt"))]));

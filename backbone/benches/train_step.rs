@@ -70,7 +70,9 @@ fn main() -> candle_core::Result<()> {
         .collect();
     let dev = Device::Cpu;
     for case in cases() {
-        if filter.iter().any(|f| f == "small" || f == "vit_s") && !filter.iter().any(|f| f == case.name) {
+        if filter.iter().any(|f| f == "small" || f == "vit_s")
+            && !filter.iter().any(|f| f == case.name)
+        {
             continue;
         }
         let cfg = &case.cfg;

@@ -42,12 +42,15 @@ pub fn default_device() -> Result<Device> {
     Ok(Device::Cpu)
 }
 
+/// (path, size, modification time): a file not rewritten since it was last hashed.
+type FileIdentity = (PathBuf, u64, Option<SystemTime>);
+
 pub struct FeatureStore {
     root: PathBuf,
     batch_size: usize,
     chunk_size: usize,
     /// sha256 of checkpoints already hashed by this store, by (path, size, mtime).
-    checkpoint_hashes: Mutex<HashMap<(PathBuf, u64, Option<SystemTime>), String>>,
+    checkpoint_hashes: Mutex<HashMap<FileIdentity, String>>,
 }
 
 /// A checkpoint resolved to exactly what will be loaded.
@@ -539,6 +542,8 @@ fn read_chunk(
     Ok(file.x)
 }
 
+// `%` rather than `is_multiple_of`: the workspace's rust-version is 1.85.
+#[allow(clippy::manual_is_multiple_of)]
 fn check_transform(data: &DataConfig, cfg: &VitConfig) -> Result<()> {
     let crop = data.transform.crop as usize;
     if crop % cfg.patch_size != 0 {

@@ -157,8 +157,9 @@ fn head_logits_are_the_head_applied_to_the_final_cls_token() {
         .forward_cls(&loaded.model.forward_cls(&x).unwrap())
         .unwrap();
     let want = rows(&want);
-    for r in 0..4 {
-        assert_eq!(f.x.row(r).to_vec(), want[r]);
+    assert_eq!(want.len(), 4);
+    for (r, want) in want.iter().enumerate() {
+        assert_eq!(&f.x.row(r).to_vec(), want);
     }
 
     // A backbone-only checkpoint has no head: the error says so and names the file.

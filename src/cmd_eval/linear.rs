@@ -395,7 +395,7 @@ impl linear::TrainBatches for AugmentedBatches {
         &mut self,
         epoch: usize,
         batch_size: usize,
-        visit: &mut dyn FnMut(ArrayView2<f32>, &[usize]) -> Result<(), LinearError>,
+        visit: &mut linear::Visit,
     ) -> Result<(), LinearError> {
         let source = |e: &dyn std::fmt::Display| LinearError::Source(e.to_string());
         let loader = data::loader::Loader::new(

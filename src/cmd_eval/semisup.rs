@@ -22,6 +22,14 @@ pub enum Protocol {
     Linear,
 }
 
+fn protocol_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Logreg => "logreg",
+        Protocol::Knn => "knn",
+        Protocol::Linear => "linear",
+    }
+}
+
 impl std::str::FromStr for Protocol {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -320,7 +328,7 @@ fn evaluate_splits(inputs: &Inputs, opts: &SemisupOptions) -> anyhow::Result<(Va
         let mut out = Map::new();
         out.insert("train_images".into(), json!(rows.len()));
         for protocol in &opts.protocols {
-            let what = || format!("{name} split: {protocol:?}");
+            let what = || format!("{name} split: {}", protocol_name(*protocol));
             let value = match protocol {
                 Protocol::Logreg => logreg(&x, &labels, inputs, opts, &name).with_context(what)?,
                 Protocol::Knn => knn_part(&x, &labels, inputs, opts).with_context(what)?,
@@ -343,11 +351,7 @@ fn evaluate_splits(inputs: &Inputs, opts: &SemisupOptions) -> anyhow::Result<(Va
                     serde_json::to_value(report)?
                 }
             };
-            let key = serde_json::to_value(protocol)?
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            out.insert(key, value);
+            out.insert(protocol_name(*protocol).into(), value);
         }
         body.insert(name.clone(), Value::Object(out));
         let mut entry = entry;

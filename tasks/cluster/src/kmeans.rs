@@ -232,7 +232,7 @@ impl Centred {
         let labels: Vec<usize> = run.labels.iter().map(|&l| l as usize).collect();
         let mut seen = vec![false; k];
         labels.iter().for_each(|&l| seen[l] = true);
-        let centers = run.centers + &self.mean.view().insert_axis(Axis(0));
+        let centers = run.centers + self.mean.view().insert_axis(Axis(0));
         KmeansResult {
             labels,
             centers,

@@ -239,9 +239,9 @@ impl<'a> Lloyd<'a> {
             let from = labels[far] as usize;
             let row = x.row(far);
             let row = row.as_slice().unwrap();
-            for p in 0..d {
-                self.sums[from * d + p] -= row[p] as f64;
-                self.sums[j * d + p] = row[p] as f64;
+            for (p, &v) in row.iter().enumerate() {
+                self.sums[from * d + p] -= v as f64;
+                self.sums[j * d + p] = v as f64;
             }
             self.counts[j] = 1.0;
             self.counts[from] -= 1.0;

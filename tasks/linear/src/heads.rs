@@ -475,8 +475,8 @@ mod tests {
         let w: Vec<_> = (0..5).map(|h| heads.weight(h)).collect();
         let b: Vec<_> = (0..5).map(|h| heads.bias(h)).collect();
         let again = Heads::from_weights(heads.configs().to_vec(), &w, &b);
-        for h in 0..5 {
-            assert_eq!(again.weight(h), w[h]);
+        for (h, weight) in w.iter().enumerate() {
+            assert_eq!(&again.weight(h), weight);
         }
         assert_ne!(w[0], w[1], "heads draw distinct weights");
         let std = (w[0].iter().map(|v| v * v).sum::<f32>() / 12.0).sqrt();

@@ -26,7 +26,7 @@ pub use heads::{Correct, Heads, LARS_ETA, MOMENTUM};
 pub use report::Report;
 pub use train::{
     cosine_lr, epoch_order, fixed_order_epoch, holdout_split, train_sweep, CachedBatches,
-    EpochScores, EvalSet, Progress, TrainBatches, TrainConfig,
+    EpochScores, EvalSet, Progress, TrainBatches, TrainConfig, Visit,
 };
 
 #[derive(Debug, thiserror::Error)]

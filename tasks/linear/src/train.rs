@@ -25,6 +25,9 @@ pub fn cosine_lr(base: f64, epoch: usize, epochs: usize) -> f64 {
     base * (1.0 + (std::f64::consts::PI * epoch as f64 / epochs as f64).cos()) / 2.0
 }
 
+/// Receives one training batch: `[b, D]` features and their labels.
+pub type Visit<'v> = dyn FnMut(ArrayView2<f32>, &[usize]) -> Result<(), LinearError> + 'v;
+
 /// Where an epoch's training batches come from.
 pub trait TrainBatches {
     /// Rows per epoch.
@@ -34,7 +37,7 @@ pub trait TrainBatches {
         &mut self,
         epoch: usize,
         batch_size: usize,
-        visit: &mut dyn FnMut(ArrayView2<f32>, &[usize]) -> Result<(), LinearError>,
+        visit: &mut Visit,
     ) -> Result<(), LinearError>;
 }
 
@@ -74,7 +77,7 @@ impl TrainBatches for CachedBatches<'_> {
         &mut self,
         epoch: usize,
         batch_size: usize,
-        visit: &mut dyn FnMut(ArrayView2<f32>, &[usize]) -> Result<(), LinearError>,
+        visit: &mut Visit,
     ) -> Result<(), LinearError> {
         let order = self.order(epoch);
         fixed_order_epoch(self.x, self.labels, &order, batch_size, visit)
@@ -87,7 +90,7 @@ pub fn fixed_order_epoch(
     labels: &[usize],
     order: &[usize],
     batch_size: usize,
-    visit: &mut dyn FnMut(ArrayView2<f32>, &[usize]) -> Result<(), LinearError>,
+    visit: &mut Visit,
 ) -> Result<(), LinearError> {
     let dim = x.ncols();
     let mut buf = Array2::<f32>::zeros((batch_size.min(order.len()), dim));
@@ -184,8 +187,8 @@ pub fn train_sweep(
     Ok(history)
 }
 
-/// A class-balanced hold-out: from each class, `round(n_c · fraction)` rows (at most `n_c − 1`, so
-/// every class keeps a training row), drawn with a per-class seeded shuffle. Returns (train, holdout)
+/// A class-balanced hold-out: from each class, `max(1, round(n_c · fraction))` rows (at most `n_c − 1`,
+/// so every class keeps a training row), drawn with a per-class seeded shuffle. Returns (train, holdout)
 /// row indices, each ascending.
 pub fn holdout_split(labels: &[usize], fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
     let classes = labels.iter().max().map_or(0, |&m| m + 1);
@@ -195,7 +198,9 @@ pub fn holdout_split(labels: &[usize], fraction: f64, seed: u64) -> (Vec<usize>,
     }
     let mut held = Vec::new();
     for (class, members) in by_class.iter_mut().enumerate() {
+        // At least one row of every class that has two, so small splits still get a selection set.
         let k = ((members.len() as f64 * fraction).round() as usize)
+            .max(1)
             .min(members.len().saturating_sub(1));
         if k == 0 {
             continue;

@@ -42,7 +42,7 @@ impl TrainBatches for Replay<'_> {
         &mut self,
         epoch: usize,
         batch_size: usize,
-        visit: &mut dyn FnMut(ArrayView2<f32>, &[usize]) -> Result<(), LinearError>,
+        visit: &mut linear::Visit,
     ) -> Result<(), LinearError> {
         fixed_order_epoch(self.x, self.labels, &self.orders[epoch], batch_size, visit)
     }

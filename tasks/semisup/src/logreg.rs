@@ -81,13 +81,16 @@ impl Fit {
     }
 }
 
+/// The last point evaluated, its objective and its gradient.
+type Evaluated = Option<(Array1<f64>, f64, Array1<f64>)>;
+
 struct Objective<'a> {
     x: ArrayView2<'a, f64>,
     labels: &'a [usize],
     classes: usize,
     lambda: f64,
     /// argmin asks for the cost and then the gradient at the same point; both come from one pass.
-    cache: Mutex<Option<(Array1<f64>, f64, Array1<f64>)>>,
+    cache: Mutex<Evaluated>,
 }
 
 impl Objective<'_> {

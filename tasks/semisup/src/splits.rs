@@ -99,7 +99,8 @@ pub fn names_split(
     Ok(rows)
 }
 
-/// A class-balanced hold-out for choosing λ: `round(n_c · fraction)` rows per class, at most `n_c − 1`.
+/// A class-balanced hold-out for choosing λ: `max(1, round(n_c · fraction))` rows per class, at most
+/// `n_c − 1`.
 /// Returns (fit rows, hold-out rows), each ascending.
 pub fn holdout_split(labels: &[usize], fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
     let classes = labels.iter().max().map_or(0, |&m| m + 1);
@@ -109,7 +110,9 @@ pub fn holdout_split(labels: &[usize], fraction: f64, seed: u64) -> (Vec<usize>,
     }
     let mut held = Vec::new();
     for (class, members) in by_class.iter_mut().enumerate() {
+        // At least one row of every class that has two, so small splits still get a selection set.
         let k = ((members.len() as f64 * fraction).round() as usize)
+            .max(1)
             .min(members.len().saturating_sub(1));
         if k == 0 {
             continue;

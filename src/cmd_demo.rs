@@ -1,0 +1,121 @@
+//! `ibot demo`: the whole job on the embedded default — generate scenes, pretrain a small ViT with
+//! iBOT for a couple of minutes, evaluate it against its own random initialisation with every
+//! protocol of the demo suite, and write the report.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Args;
+
+const RECIPE: &str = include_str!("../configs/pretrain/demo.toml");
+const SUITE: &str = include_str!("../configs/suites/demo.toml");
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Output directory (data/, pretrain/, report/).
+    #[arg(long, default_value = "ibot-demo")]
+    out: PathBuf,
+    /// Training images to generate (validation gets a quarter).
+    #[arg(long, default_value_t = 320)]
+    images: usize,
+    /// Pretraining epochs (the recipe's default is 30).
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Hide progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let out = &args.out;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let out = out.canonicalize()?;
+    let data_dir = out.join("data");
+    let synth = data::synth::SynthConfig {
+        seed: 0,
+        images: args.images,
+        size: 32,
+    };
+    if !data_dir.join("synth.json").exists() {
+        eprintln!("[1/3] generating {} scenes in {}", synth.total_images(), data_dir.display());
+        data::synth::generate(&data_dir, &synth)
+            .with_context(|| format!("generating scenes in {}", data_dir.display()))?;
+    }
+    let train = data_dir.join("classification/train");
+    let val = data_dir.join("classification/val");
+
+    let mut recipe: pretrain::config::PretrainConfig =
+        toml::from_str(RECIPE).context("the embedded demo recipe")?;
+    recipe.data = pretrain::config::DataSource::ImageFolder { root: train.clone() };
+    if let Some(e) = args.epochs {
+        recipe.optim.epochs = e;
+    }
+    let pre = out.join("pretrain");
+    let done = pre.join(pretrain::trainer::SUMMARY).exists();
+    if !done {
+        eprintln!("[2/3] pretraining a {}-block ViT with iBOT ({} epochs)", recipe.student_vit()?.depth, recipe.optim.epochs);
+        let resume = pre.join(pretrain::trainer::CHECKPOINT).exists();
+        let mut trainer = pretrain::trainer::Trainer::new(
+            recipe,
+            pretrain::trainer::RunOptions {
+                out: pre.clone(),
+                resume,
+                device: crate::cmd_pretrain::device(crate::cmd_pretrain::DeviceChoice::Auto)?,
+                max_steps: None,
+                progress: !args.quiet,
+            },
+        )?;
+        let s = trainer.run()?;
+        eprintln!("      {} steps in {:.0} s, last loss {:.3}", s.steps, s.seconds, s.last_loss.unwrap_or(f64::NAN));
+    }
+
+    eprintln!("[3/3] evaluating the pretrained teacher and its random initialisation");
+    let suite_path = out.join("demo-suite.toml");
+    std::fs::write(&suite_path, demo_suite(&train, &val))
+        .with_context(|| format!("writing {}", suite_path.display()))?;
+    let report = out.join("report");
+    let argv: Vec<String> = vec![
+        "ibot".into(),
+        "suite".into(),
+        "--config".into(),
+        path(&suite_path),
+        "--checkpoint".into(),
+        format!("random-init={}", path(&pre.join(pretrain::trainer::INIT))),
+        "--checkpoint".into(),
+        format!("ibot={}", path(&pre.join(pretrain::trainer::TEACHER))),
+        "--pretrain-log".into(),
+        format!("ibot={}", path(&pre.join(pretrain::trainer::LOG))),
+        "--out".into(),
+        path(&report),
+    ];
+    crate::run_argv(&argv)?;
+    eprintln!(
+        "demo finished in {:.0} s: {}/report.md, report.html, report.json",
+        started.elapsed().as_secs_f64(),
+        report.display()
+    );
+    Ok(())
+}
+
+fn path(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// The shipped demo suite with its data paths pointed at the generated scenes.
+fn demo_suite(train: &Path, val: &Path) -> String {
+    SUITE
+        .lines()
+        .map(|line| {
+            if line.starts_with("train = ") {
+                format!("train = {{ format = \"image_folder\", root = {:?} }}", path(train))
+            } else if line.starts_with("val = ") {
+                format!("val = {{ format = \"image_folder\", root = {:?} }}", path(val))
+            } else {
+                line.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
