@@ -38,7 +38,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         size: 32,
     };
     if !data_dir.join("synth.json").exists() {
-        eprintln!("[1/3] generating {} scenes in {}", synth.total_images(), data_dir.display());
+        eprintln!(
+            "[1/3] generating {} scenes in {}",
+            synth.total_images(),
+            data_dir.display()
+        );
         data::synth::generate(&data_dir, &synth)
             .with_context(|| format!("generating scenes in {}", data_dir.display()))?;
     }
@@ -47,14 +51,20 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     let mut recipe: pretrain::config::PretrainConfig =
         toml::from_str(RECIPE).context("the embedded demo recipe")?;
-    recipe.data = pretrain::config::DataSource::ImageFolder { root: train.clone() };
+    recipe.data = pretrain::config::DataSource::ImageFolder {
+        root: train.clone(),
+    };
     if let Some(e) = args.epochs {
         recipe.optim.epochs = e;
     }
     let pre = out.join("pretrain");
     let done = pre.join(pretrain::trainer::SUMMARY).exists();
     if !done {
-        eprintln!("[2/3] pretraining a {}-block ViT with iBOT ({} epochs)", recipe.student_vit()?.depth, recipe.optim.epochs);
+        eprintln!(
+            "[2/3] pretraining a {}-block ViT with iBOT ({} epochs)",
+            recipe.student_vit()?.depth,
+            recipe.optim.epochs
+        );
         let resume = pre.join(pretrain::trainer::CHECKPOINT).exists();
         let mut trainer = pretrain::trainer::Trainer::new(
             recipe,
@@ -67,7 +77,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             },
         )?;
         let s = trainer.run()?;
-        eprintln!("      {} steps in {:.0} s, last loss {:.3}", s.steps, s.seconds, s.last_loss.unwrap_or(f64::NAN));
+        eprintln!(
+            "      {} steps in {:.0} s, last loss {:.3}",
+            s.steps,
+            s.seconds,
+            s.last_loss.unwrap_or(f64::NAN)
+        );
     }
 
     eprintln!("[3/3] evaluating the pretrained teacher and its random initialisation");
@@ -108,9 +123,15 @@ fn demo_suite(train: &Path, val: &Path) -> String {
         .lines()
         .map(|line| {
             if line.starts_with("train = ") {
-                format!("train = {{ format = \"image_folder\", root = {:?} }}", path(train))
+                format!(
+                    "train = {{ format = \"image_folder\", root = {:?} }}",
+                    path(train)
+                )
             } else if line.starts_with("val = ") {
-                format!("val = {{ format = \"image_folder\", root = {:?} }}", path(val))
+                format!(
+                    "val = {{ format = \"image_folder\", root = {:?} }}",
+                    path(val)
+                )
             } else {
                 line.to_string()
             }

@@ -6,18 +6,31 @@ use pretrain::optim::AdamW;
 use serde_json::Value;
 
 fn floats(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
 }
 
 #[test]
 fn adamw_matches_pytorch() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/optim.json")).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/optim.json"
+    ))
+    .unwrap();
     let golden: Value = serde_json::from_str(&text).unwrap();
     let dev = Device::Cpu;
     let shapes = golden["shapes"].as_object().unwrap();
     let mut vars = Vec::new();
     for (name, shape) in shapes {
-        let shape: Vec<usize> = shape.as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+        let shape: Vec<usize> = shape
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect();
         let t = Tensor::from_vec(floats(&golden["initial"][name]), shape, &dev).unwrap();
         vars.push((name.clone(), Var::from_tensor(&t).unwrap()));
     }
@@ -49,10 +62,18 @@ fn adamw_matches_pytorch() {
         )
         .unwrap();
         for (name, v) in &vars {
-            let got = v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let got = v
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
             let want = floats(&step["after"][name]);
             for (a, b) in got.iter().zip(&want) {
-                assert!((a - b).abs() <= 2e-6 * (1.0 + b.abs()), "step {i} {name}: {a} vs {b}");
+                assert!(
+                    (a - b).abs() <= 2e-6 * (1.0 + b.abs()),
+                    "step {i} {name}: {a} vs {b}"
+                );
             }
         }
     }

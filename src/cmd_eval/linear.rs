@@ -639,10 +639,11 @@ pub fn run_bench(args: BenchLinearArgs) -> anyhow::Result<()> {
             &mut |p| match p {
                 linear::Progress::Step => {
                     steps += 1;
-                    if steps % per_epoch == 0 {
+                    if steps == per_epoch {
+                        steps = 0;
                         epoch_seconds.push(last.elapsed().as_secs_f64());
                         last = Instant::now();
-                        if steps == per_epoch * cfg.epochs {
+                        if epoch_seconds.len() == cfg.epochs {
                             eval_start = Some(Instant::now());
                         }
                     }
