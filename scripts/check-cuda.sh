@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# `cargo check --features cuda` on a machine without a GPU: installs nvcc from Debian's non-free
-# nvidia-cuda-toolkit (CUDA 11.8) when missing, and pins the compute capability (no GPU to detect).
-# This compiles candle's CUDA kernels (~14 min on 2 cores the first time) and type-checks every crate
-# with CUDA enabled; it runs nothing on a GPU.
+# `cargo check --features cuda` and `--features nccl` on a machine without a GPU: installs nvcc from
+# Debian's non-free nvidia-cuda-toolkit (CUDA 11.8) when missing, and pins the compute capability
+# (no GPU to detect). This compiles candle's CUDA kernels (~14 min on 2 cores the first time) and
+# type-checks every crate with CUDA, then with NCCL data parallelism; it runs nothing on a GPU.
+# The NCCL check needs no NCCL headers or library: cudarc ships its own bindings and only a real
+# build (linking) needs libnccl.so (candle asks cudarc for dynamic linking).
 #   scripts/check-cuda.sh            # install if needed, then check
 #   IBOT_CUDA_INSTALL=0 scripts/check-cuda.sh   # never install; skip when nvcc is missing
 set -euo pipefail
@@ -27,3 +29,4 @@ fi
 nvcc --version | tail -1
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-80}"
 cargo check --features cuda --target-dir "${CUDA_TARGET_DIR:-target/cuda-check}"
+cargo check --features nccl --target-dir "${CUDA_TARGET_DIR:-target/cuda-check}"

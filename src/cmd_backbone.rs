@@ -446,11 +446,11 @@ fn extract(
         bail!("{}: no images found", images.display());
     }
     let start = Instant::now();
-    let bar = indicatif::ProgressBar::new(files.len() as u64);
-    bar.set_style(indicatif::ProgressStyle::with_template(
-        "{msg} {bar:40} {pos}/{len} [{elapsed} < {eta}] {per_sec}",
-    )?);
-    bar.set_message("extract");
+    let bar = features::Progress::standalone().bar_with_template(
+        files.len() as u64,
+        features::progress::RATE_TEMPLATE,
+        "extract",
+    );
     let mut rows: Vec<f32> = Vec::new();
     let mut dim = 0;
     for chunk in files.chunks(batch_size) {
@@ -484,7 +484,7 @@ fn extract(
         }
         bar.inc(chunk.len() as u64);
     }
-    bar.finish_and_clear();
+    drop(bar);
     let seconds = start.elapsed().as_secs_f64();
     let n = files.len();
     match ext {

@@ -90,7 +90,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     std::fs::write(&suite_path, demo_suite(&train, &val))
         .with_context(|| format!("writing {}", suite_path.display()))?;
     let report = out.join("report");
-    let argv: Vec<String> = vec![
+    let mut argv: Vec<String> = vec![
         "ibot".into(),
         "suite".into(),
         "--config".into(),
@@ -104,6 +104,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         "--out".into(),
         path(&report),
     ];
+    if args.quiet {
+        argv.push("--quiet".into());
+    }
     crate::run_argv(&argv)?;
     eprintln!(
         "demo finished in {:.0} s: {}/report.md, report.html, report.json",

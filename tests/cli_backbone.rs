@@ -1,8 +1,12 @@
 //! End-to-end tests of `ibot inspect | convert | extract | attention` on the PyTorch fixtures of
 //! `tests/reference/backbone_reference.py`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
+
+use common::{ibot, s, stdout_of as ok};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -10,30 +14,9 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn ibot(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ibot"))
-        .args(args)
-        .output()
-        .expect("run ibot")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "ibot failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn failed(out: &Output) -> String {
     assert!(!out.status.success(), "ibot should have failed");
     String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 fn read_f32_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {

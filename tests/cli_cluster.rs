@@ -1,35 +1,23 @@
 //! End-to-end tests of `ibot eval cluster` on precomputed features and logits written at test time.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
+use std::path::Path;
+
+use common::{result as read_result, run_ok, s, write_labels, write_npy};
 use metrics::cluster::ClusterScores;
 use ndarray::Array2;
-use ndarray_npy::WriteNpyExt;
 use serde_json::Value;
 
-fn ibot(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ibot"))
-        .args(args)
-        .output()
-        .expect("run ibot")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn write_npy(path: &Path, a: &Array2<f32>) {
-    a.write_npy(std::fs::File::create(path).unwrap()).unwrap();
-}
-
-fn write_labels(path: &Path, labels: &[usize]) {
-    let text: String = labels.iter().map(|l| format!("{l}\n")).collect();
-    std::fs::write(path, text).unwrap();
-}
-
-fn read_result(dir: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(dir.join("result.json")).unwrap()).unwrap()
+/// `ibot eval cluster` with each `(flag, file in dir)` input, then `extra`.
+fn cluster_args(dir: &Path, inputs: &[(&str, &str)], extra: &[&str]) -> Vec<String> {
+    let mut args = common::strings(&["eval", "cluster"]);
+    for (flag, file) in inputs {
+        args.push(flag.to_string());
+        args.push(s(&dir.join(file)).to_string());
+    }
+    args.extend(extra.iter().map(|e| e.to_string()));
+    args
 }
 
 fn scores(truth: &[usize], pred: &[usize]) -> ClusterScores {
@@ -90,23 +78,15 @@ fn kmeans_and_head_on_precomputed_inputs() {
     );
     write_labels(&dir.path().join("labels.txt"), &truth);
     let out = dir.path().join("out");
-    let o = ibot(&[
-        "eval",
-        "cluster",
-        "--features",
-        s(&dir.path().join("f.npy")),
-        "--labels",
-        s(&dir.path().join("labels.txt")),
-        "--logits",
-        s(&dir.path().join("logits.npy")),
-        "--restarts",
-        "4",
-        "--seed",
-        "3",
-        "--out",
-        s(&out),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run_ok(&cluster_args(
+        dir.path(),
+        &[
+            ("--features", "f.npy"),
+            ("--labels", "labels.txt"),
+            ("--logits", "logits.npy"),
+        ],
+        &["--restarts", "4", "--seed", "3", "--out", s(&out)],
+    ));
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("ACC %") && stdout.contains("kmeans") && stdout.contains("head"));
     let r = read_result(&out);
@@ -163,19 +143,11 @@ fn head_with_more_clusters_than_classes_warns_and_scores() {
     write_npy(&dir.path().join("logits.npy"), &logits_for(&pred, 9, 2));
     write_labels(&dir.path().join("labels.txt"), &truth);
     let out = dir.path().join("out");
-    let o = ibot(&[
-        "eval",
-        "cluster",
-        "--labels",
-        s(&dir.path().join("labels.txt")),
-        "--logits",
-        s(&dir.path().join("logits.npy")),
-        "--method",
-        "head",
-        "--out",
-        s(&out),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run_ok(&cluster_args(
+        dir.path(),
+        &[("--labels", "labels.txt"), ("--logits", "logits.npy")],
+        &["--method", "head", "--out", s(&out)],
+    ));
     assert!(String::from_utf8_lossy(&o.stderr).contains("out_dim 9"));
     let r = read_result(&out);
     check_scores(&r["cluster"]["head"], &scores(&truth, &pred), "head");
@@ -191,19 +163,11 @@ fn head_is_skipped_with_a_note_when_there_are_no_logits() {
     write_npy(&dir.path().join("f.npy"), &x);
     write_labels(&dir.path().join("labels.txt"), &truth);
     let out = dir.path().join("out");
-    let o = ibot(&[
-        "eval",
-        "cluster",
-        "--features",
-        s(&dir.path().join("f.npy")),
-        "--labels",
-        s(&dir.path().join("labels.txt")),
-        "--k",
-        "4",
-        "--out",
-        s(&out),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    run_ok(&cluster_args(
+        dir.path(),
+        &[("--features", "f.npy"), ("--labels", "labels.txt")],
+        &["--k", "4", "--out", s(&out)],
+    ));
     let r = read_result(&out);
     assert!(r["cluster"].get("head").is_none());
     assert_eq!(r["cluster"]["kmeans"]["k"], 4);
@@ -226,9 +190,7 @@ fn bad_inputs_are_clear_errors() {
     let run = |extra: &[&str]| {
         let mut args = vec!["eval", "cluster", "--out", s(&out)];
         args.extend_from_slice(extra);
-        let o = ibot(&args);
-        assert!(!o.status.success(), "{extra:?} should fail");
-        String::from_utf8_lossy(&o.stderr).to_string()
+        common::failure(&args)
     };
 
     let e = run(&["--features", s(&f), "--labels", s(&short)]);

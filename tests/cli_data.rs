@@ -1,14 +1,10 @@
 //! End-to-end tests of `ibot data …` and `ibot bench loader` through the real binary.
 
-use std::path::Path;
-use std::process::Command;
+mod common;
 
-fn ibot(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_ibot"))
-        .args(args)
-        .output()
-        .expect("run ibot")
-}
+use std::path::Path;
+
+use common::ibot;
 
 fn json(out: &std::process::Output) -> serde_json::Value {
     assert!(

@@ -1,40 +1,15 @@
 //! End-to-end tests of `ibot eval knn` on precomputed features written at test time.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{failure, result, run_ok, s, write_labels, write_npy, FeatureFiles};
 use ndarray::Array2;
-use ndarray_npy::WriteNpyExt;
 use serde_json::Value;
 
-fn ibot(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ibot"))
-        .args(args)
-        .output()
-        .expect("run ibot")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-struct Inputs {
-    train: PathBuf,
-    train_labels: PathBuf,
-    test: PathBuf,
-    test_labels: PathBuf,
-}
-
-fn write_npy<T: ndarray_npy::WritableElement>(path: &Path, a: &Array2<T>) {
-    a.write_npy(std::fs::File::create(path).unwrap()).unwrap();
-}
-
-fn write_labels(path: &Path, labels: &[usize]) {
-    let text: String = labels.iter().map(|l| format!("{l}\n")).collect();
-    std::fs::write(path, text).unwrap();
-}
-
-/// Clustered features from `knn::synthetic` (the generator the DINO goldens use).
+/// Clustered features; the test features are written as float64 (accepted and converted).
 fn write_inputs(
     dir: &Path,
     seed: u64,
@@ -42,54 +17,16 @@ fn write_inputs(
     classes: usize,
     dim: usize,
     noise: f32,
-) -> Inputs {
-    let train_labels = knn::synthetic::labels(seed, 3, n.0, classes, 1);
+) -> FeatureFiles {
+    let inputs = FeatureFiles::clustered(dir, seed, n, classes, dim, noise);
     let test_labels = knn::synthetic::labels(seed, 4, n.1, classes, 1);
-    let inputs = Inputs {
-        train: dir.join("train.npy"),
-        train_labels: dir.join("train_labels.txt"),
-        test: dir.join("test.npy"),
-        test_labels: dir.join("test_labels.txt"),
-    };
-    write_npy(
-        &inputs.train,
-        &knn::synthetic::clustered(seed, 0, 1, &train_labels, dim, noise),
-    );
-    // float64 features are accepted (and converted) as well.
     let test = knn::synthetic::clustered(seed, 0, 5, &test_labels, dim, noise);
     write_npy(&inputs.test, &test.mapv(f64::from));
-    write_labels(&inputs.train_labels, &train_labels);
-    write_labels(&inputs.test_labels, &test_labels);
     inputs
 }
 
-fn knn_args<'a>(inputs: &'a Inputs, out: &'a Path) -> Vec<&'a str> {
-    vec![
-        "eval",
-        "knn",
-        "--train-features",
-        s(&inputs.train),
-        "--train-labels",
-        s(&inputs.train_labels),
-        "--test-features",
-        s(&inputs.test),
-        "--test-labels",
-        s(&inputs.test_labels),
-        "--out",
-        s(out),
-    ]
-}
-
-fn result(out: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap()).unwrap()
-}
-
-fn failure(args: &[&str]) -> String {
-    let out = ibot(args);
-    assert!(!out.status.success(), "ibot {args:?} should fail");
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!err.contains("panicked"), "{err}");
-    err
+fn knn_args(inputs: &FeatureFiles, out: &Path) -> Vec<String> {
+    inputs.args("knn", &["--out", s(out)])
 }
 
 #[test]
@@ -97,12 +34,7 @@ fn well_separated_clusters_are_classified_perfectly() {
     let dir = tempfile::tempdir().unwrap();
     let inputs = write_inputs(dir.path(), 11, (300, 100), 5, 16, 0.05);
     let out = dir.path().join("out");
-    let run = ibot(&knn_args(&inputs, &out));
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    let run = run_ok(&knn_args(&inputs, &out));
 
     let r = result(&out);
     let knn = r["knn"].as_object().unwrap();
@@ -150,13 +82,13 @@ fn matches_the_dino_golden_through_the_cli() {
     let ks = ks.join(",");
     let temperature = case["temperature"].to_string();
     let mut args = knn_args(&inputs, &out);
-    args.extend(["--k", &ks, "--temperature", &temperature]);
-    let run = ibot(&args);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    args.extend([
+        "--k".to_string(),
+        ks,
+        "--temperature".to_string(),
+        temperature,
+    ]);
+    run_ok(&args);
     let r = result(&out);
     for e in case["expected"].as_array().unwrap() {
         let k = e["k"].to_string();
@@ -181,12 +113,12 @@ fn bad_inputs_fail_with_a_message_naming_the_file() {
     let out = dir.path().join("out");
     let args = knn_args(&inputs, &out);
     let with = |flag: &str, value: &str| -> Vec<String> {
-        let mut a: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let mut a = args.clone();
         let i = a.iter().position(|x| x == flag).unwrap();
         a[i + 1] = value.to_string();
         a
     };
-    let fail = |a: Vec<String>| failure(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let fail = |a: Vec<String>| failure(&a);
 
     // Row count ≠ label count.
     let short = dir.path().join("short_labels.txt");
@@ -259,54 +191,6 @@ fn bad_inputs_fail_with_a_message_naming_the_file() {
 
 // ---- checkpoint mode: `ibot eval knn --checkpoint … --data …` through the feature store ----
 
-/// A random-init tiny ViT (patch 8) saved as safetensors.
-fn save_tiny_vit(path: &Path, seed: u64) {
-    let cfg = backbone::VitConfig {
-        embed_dim: 16,
-        depth: 2,
-        num_heads: 2,
-        mlp_hidden: 32,
-        patch_size: 8,
-        img_size: 32,
-        in_chans: 3,
-        drop_path_rate: 0.0,
-        masked_im_modeling: false,
-    };
-    let mut weights: Vec<_> = backbone::init::init_weights(&cfg, seed)
-        .unwrap()
-        .into_iter()
-        .collect();
-    weights.sort_by(|a, b| a.0.cmp(&b.0));
-    backbone::checkpoint::save_safetensors(
-        path,
-        &weights,
-        backbone::checkpoint::config_metadata(&cfg),
-    )
-    .unwrap();
-}
-
-/// `root/<class>/NN.png`: noise with a class-dependent dominant channel.
-fn write_image_folder(root: &Path, per_class: usize, seed: u64) {
-    for (class, name) in ["red", "green", "blue"].iter().enumerate() {
-        for i in 0..per_class {
-            let mut state = seed ^ ((class * 1000 + i) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            let img = image::RgbImage::from_fn(40, 36, |_, _| {
-                let mut px = [0u8; 3];
-                for (c, p) in px.iter_mut().enumerate() {
-                    state = state
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    *p = (state >> 57) as u8 + if c == class { 120 } else { 30 };
-                }
-                image::Rgb(px)
-            });
-            let path = root.join(name).join(format!("{i:02}.png"));
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            img.save(&path).unwrap();
-        }
-    }
-}
-
 struct CheckpointCase {
     _dir: tempfile::TempDir,
     root: PathBuf,
@@ -318,18 +202,11 @@ fn checkpoint_case() -> CheckpointCase {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
     let ckpt = root.join("vit.safetensors");
-    save_tiny_vit(&ckpt, 5);
-    write_image_folder(&root.join("images/train"), 6, 1);
-    write_image_folder(&root.join("images/val"), 3, 2);
-    std::fs::create_dir_all(root.join("configs")).unwrap();
+    common::save_random_vit(&ckpt, &common::tiny_vit(16, 32), 5);
+    common::write_image_folder(&root.join("images/train"), 6, 1);
+    common::write_image_folder(&root.join("images/val"), 3, 2);
     let config = root.join("configs/tiny.toml");
-    std::fs::write(
-        &config,
-        "name = \"tiny\"\ntransform = { resize = 32, crop = 32 }\n\
-         [train]\nformat = \"image_folder\"\nroot = \"../images/train\"\n\
-         [val]\nformat = \"image_folder\"\nroot = \"../images/val\"\n",
-    )
-    .unwrap();
+    common::write_data_config(&config, "../images/train", "../images/val");
     CheckpointCase {
         _dir: dir,
         root,
@@ -338,36 +215,39 @@ fn checkpoint_case() -> CheckpointCase {
     }
 }
 
-fn run_ok(args: &[&str]) -> Output {
-    let out = ibot(args);
-    assert!(
-        out.status.success(),
-        "ibot {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+impl CheckpointCase {
+    /// `ibot eval knn` on the case's checkpoint and data config, then `extra`.
+    fn knn(&self, config: &Path, extra: &[&str]) -> Vec<String> {
+        let mut a = common::strings(&[
+            "eval",
+            "knn",
+            "--checkpoint",
+            s(&self.ckpt),
+            "--data",
+            s(config),
+        ]);
+        a.extend(extra.iter().map(|e| e.to_string()));
+        a
+    }
 }
 
 #[test]
 fn checkpoint_mode_extracts_once_then_hits_the_cache() {
     let case = checkpoint_case();
     let (cache, out) = (case.root.join("cache"), case.root.join("out"));
-    let args = [
-        "eval",
-        "knn",
-        "--checkpoint",
-        s(&case.ckpt),
-        "--data",
-        s(&case.config),
-        "--cache",
-        s(&cache),
-        "--k",
-        "1,5",
-        "--batch-size",
-        "4",
-        "--out",
-        s(&out),
-    ];
+    let args = case.knn(
+        &case.config,
+        &[
+            "--cache",
+            s(&cache),
+            "--k",
+            "1,5",
+            "--batch-size",
+            "4",
+            "--out",
+            s(&out),
+        ],
+    );
     let first = run_ok(&args);
     let r1 = result(&out);
     assert_eq!(
@@ -415,22 +295,19 @@ fn checkpoint_mode_extracts_once_then_hits_the_cache() {
     assert_eq!(err.matches("from cache").count(), 2, "{err}");
 
     // Another layout is another cache entry.
-    run_ok(&[
-        "eval",
-        "knn",
-        "--checkpoint",
-        s(&case.ckpt),
-        "--data",
-        s(&case.config),
-        "--cache",
-        s(&cache),
-        "--features",
-        "cls-last-2+avg",
-        "--k",
-        "3",
-        "--out",
-        s(&out),
-    ]);
+    run_ok(&case.knn(
+        &case.config,
+        &[
+            "--cache",
+            s(&cache),
+            "--features",
+            "cls-last-2+avg",
+            "--k",
+            "3",
+            "--out",
+            s(&out),
+        ],
+    ));
     let r3 = result(&out);
     assert_eq!(r3["manifest"]["val"]["features"]["dim"], 48);
     assert_eq!(r3["manifest"]["val"]["cache"]["from_cache"], false);
@@ -442,20 +319,17 @@ fn checkpoint_mode_extracts_once_then_hits_the_cache() {
 fn checkpoint_mode_agrees_with_extract_then_precomputed_knn() {
     let case = checkpoint_case();
     let cache = case.root.join("cache");
-    run_ok(&[
-        "eval",
-        "knn",
-        "--checkpoint",
-        s(&case.ckpt),
-        "--data",
-        s(&case.config),
-        "--cache",
-        s(&cache),
-        "--k",
-        "1,3,10",
-        "--out",
-        s(&case.root.join("direct")),
-    ]);
+    run_ok(&case.knn(
+        &case.config,
+        &[
+            "--cache",
+            s(&cache),
+            "--k",
+            "1,3,10",
+            "--out",
+            s(&case.root.join("direct")),
+        ],
+    ));
     let direct = result(&case.root.join("direct"));
 
     // The same features through `ibot extract` (the store's file format) and the .npy mode.
@@ -496,29 +370,14 @@ fn checkpoint_mode_agrees_with_extract_then_precomputed_knn() {
             .fold(0f32, |m, &v| m.max(v));
         assert!(diff < 1e-5, "store vs extract max |Δ| {diff}");
 
-        let features_path = case.root.join(format!("{split}.npy"));
-        let labels_path = case.root.join(format!("{split}_labels.txt"));
-        write_npy(&features_path, &file.x);
         let labels: Vec<usize> = file.labels.iter().map(|&l| l as usize).collect();
-        write_labels(&labels_path, &labels);
-        npy.push((features_path, labels_path));
+        npy.push((file.x, labels));
     }
-    run_ok(&[
-        "eval",
+    let files = FeatureFiles::write(&case.root, (&npy[0].0, &npy[0].1), (&npy[1].0, &npy[1].1));
+    run_ok(&files.args(
         "knn",
-        "--train-features",
-        s(&npy[0].0),
-        "--train-labels",
-        s(&npy[0].1),
-        "--test-features",
-        s(&npy[1].0),
-        "--test-labels",
-        s(&npy[1].1),
-        "--k",
-        "1,3,10",
-        "--out",
-        s(&case.root.join("npy")),
-    ]);
+        &["--k", "1,3,10", "--out", s(&case.root.join("npy"))],
+    ));
     assert_eq!(result(&case.root.join("npy"))["knn"], direct["knn"]);
 }
 
@@ -526,27 +385,16 @@ fn checkpoint_mode_agrees_with_extract_then_precomputed_knn() {
 fn the_default_cache_honours_ibot_cache() {
     let case = checkpoint_case();
     let home = case.root.join("cache-home");
+    let args = case.knn(
+        &case.config,
+        &["--k", "2", "--out", s(&case.root.join("out"))],
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_ibot"))
-        .args([
-            "eval",
-            "knn",
-            "--checkpoint",
-            s(&case.ckpt),
-            "--data",
-            s(&case.config),
-            "--k",
-            "2",
-            "--out",
-            s(&case.root.join("out")),
-        ])
+        .args(&args)
         .env("IBOT_CACHE", &home)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_success(&out, &args);
     let r = result(&case.root.join("out"));
     let key = r["manifest"]["val"]["cache"]["key"].as_str().unwrap();
     assert!(home
@@ -573,41 +421,20 @@ fn mode_and_config_errors_name_what_is_wrong() {
         s(&out),
     ]);
     assert!(err.contains("--data"), "{err}");
-    let err = failure(&[
-        "eval",
-        "knn",
-        "--checkpoint",
-        s(&case.ckpt),
-        "--data",
-        s(&case.config),
-        "--train-features",
-        "x.npy",
-        "--out",
-        s(&out),
-    ]);
+    let err = failure(&case.knn(
+        &case.config,
+        &["--train-features", "x.npy", "--out", s(&out)],
+    ));
     assert!(err.contains("cannot be used with"), "{err}");
     let err = failure(&["eval", "knn", "--train-features", "x.npy", "--out", s(&out)]);
     assert!(err.contains("--train-labels"), "{err}");
-    let base = |extra: &[&'static str], config: &Path| -> Vec<String> {
-        let mut v: Vec<String> = [
-            "eval",
-            "knn",
-            "--checkpoint",
-            s(&case.ckpt),
-            "--data",
-            s(config),
-            "--cache",
-            s(&case.root.join("cache")),
-            "--out",
-            s(&out),
-        ]
-        .iter()
-        .map(|x| x.to_string())
-        .collect();
+    let cache = case.root.join("cache");
+    let base = |extra: &[&str], config: &Path| -> Vec<String> {
+        let mut v = case.knn(config, &["--cache", s(&cache), "--out", s(&out)]);
         v.extend(extra.iter().map(|x| x.to_string()));
         v
     };
-    let fail = |a: Vec<String>| failure(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let fail = |a: Vec<String>| failure(&a);
     let err = fail(base(&["--features", "pooled"], &case.config));
     assert!(err.contains("unknown feature layout \"pooled\""), "{err}");
     let err = fail(base(&["--features", "cls-last-3"], &case.config));

@@ -1,37 +1,28 @@
 //! End-to-end tests of `ibot metrics …` and `ibot bench` metrics commands against the reference
 //! goldens in metrics/tests/goldens (written by tests/reference/metrics_goldens.py).
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+
+use common::{failure, ibot, ok_json, s};
 
 use serde_json::{json, Value};
 
-fn ibot(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ibot"))
-        .args(args)
-        .output()
-        .expect("run ibot")
-}
-
-fn ok_json(args: &[&str]) -> Value {
-    let out = ibot(args);
-    assert!(
-        out.status.success(),
-        "ibot {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "ibot {args:?}: not JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
-}
-
-fn failure(args: &[&str]) -> String {
-    let out = ibot(args);
-    assert!(!out.status.success(), "ibot {args:?} should fail");
-    String::from_utf8_lossy(&out.stderr).into_owned()
+/// `ibot metrics coco --gt GT --dt DT --iou-type bbox`, then `extra`.
+fn coco_bbox(gt: &Path, dt: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args = common::strings(&[
+        "metrics",
+        "coco",
+        "--gt",
+        s(gt),
+        "--dt",
+        s(dt),
+        "--iou-type",
+        "bbox",
+    ]);
+    args.extend(extra.iter().map(|e| e.to_string()));
+    args
 }
 
 fn golden(name: &str) -> Value {
@@ -46,10 +37,6 @@ fn write_json(dir: &Path, name: &str, v: &Value) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, serde_json::to_vec(v).unwrap()).unwrap();
     path
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 fn nan_or(v: &Value) -> f64 {
@@ -127,16 +114,7 @@ fn coco_table_prints_percentages_and_bad_input_names_the_record() {
     let dir = tempfile::tempdir().unwrap();
     let gt = write_json(dir.path(), "gt.json", &case["gt"]);
     let dt = write_json(dir.path(), "dt.json", &case["dt_bbox"]);
-    let out = ibot(&[
-        "metrics",
-        "coco",
-        "--gt",
-        s(&gt),
-        "--dt",
-        s(&dt),
-        "--iou-type",
-        "bbox",
-    ]);
+    let out = ibot(&coco_bbox(&gt, &dt, &[]));
     assert!(out.status.success());
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("85.15"), "{table}"); // AP 0.851485 as a percentage
@@ -147,16 +125,7 @@ fn coco_table_prints_percentages_and_bad_input_names_the_record() {
         .unwrap()
         .push(json!({"image_id": 77, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.1}));
     let dt = write_json(dir.path(), "bad.json", &bad);
-    let err = failure(&[
-        "metrics",
-        "coco",
-        "--gt",
-        s(&gt),
-        "--dt",
-        s(&dt),
-        "--iou-type",
-        "bbox",
-    ]);
+    let err = failure(&coco_bbox(&gt, &dt, &[]));
     assert!(
         err.contains("bad.json") && err.contains("detection #4") && err.contains("image_id 77"),
         "{err}"
@@ -167,29 +136,9 @@ fn coco_table_prints_percentages_and_bad_input_names_the_record() {
         b"[{\"image_id\": 1, \"bbox\": ",
     )
     .unwrap();
-    let err = failure(&[
-        "metrics",
-        "coco",
-        "--gt",
-        s(&gt),
-        "--dt",
-        s(&dir.path().join("broken.json")),
-        "--iou-type",
-        "bbox",
-    ]);
+    let err = failure(&coco_bbox(&gt, &dir.path().join("broken.json"), &[]));
     assert!(err.contains("broken.json"), "{err}");
-    let err = failure(&[
-        "metrics",
-        "coco",
-        "--gt",
-        s(&gt),
-        "--dt",
-        s(&dt),
-        "--iou-type",
-        "bbox",
-        "--max-dets",
-        "10,100",
-    ]);
+    let err = failure(&coco_bbox(&gt, &dt, &["--max-dets", "10,100"]));
     assert!(err.contains("maxDets"), "{err}");
 }
 

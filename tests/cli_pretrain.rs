@@ -2,36 +2,14 @@
 //! reproduces the uninterrupted run exactly, bad recipes and NaN losses stop with clear errors, and
 //! the exported teacher loads in the evaluation tools.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
+use std::path::{Path, PathBuf};
+
+use common::{failure as fails, ok_stdout as ok};
 use serde_json::Value;
 
 const RECIPE: &str = "configs/pretrain/synthetic-tiny.toml";
-
-fn ibot(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ibot"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("run ibot")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = ibot(args);
-    assert!(
-        out.status.success(),
-        "ibot {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn fails(args: &[&str]) -> String {
-    let out = ibot(args);
-    assert!(!out.status.success(), "ibot {args:?} should have failed");
-    String::from_utf8(out.stderr).unwrap()
-}
 
 fn recipe_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(RECIPE)

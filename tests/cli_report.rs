@@ -1,31 +1,13 @@
 //! `ibot report`: rendering of report.json into report.md / report.html, and merging runs.
 //! The inputs are report directories written here from fixture JSON in the shape `ibot suite` writes.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
+use common::{ibot, s, stdout_of as ok};
 use serde_json::{json, Value};
-
-fn ibot(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ibot"))
-        .args(args)
-        .output()
-        .expect("run ibot")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "ibot failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 fn knn(k20: f64, k10: f64) -> Value {
     json!({

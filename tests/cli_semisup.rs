@@ -1,108 +1,62 @@
 //! End-to-end tests of `ibot eval semisup` on precomputed features written at test time.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
+use common::{failure, ok_stdout as ok, result, s, write_npy, FeatureFiles, TempCase};
 use ndarray::Array2;
-use ndarray_npy::WriteNpyExt;
-use serde_json::Value;
-
-fn ibot(args: &[String]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ibot"))
-        .args(args)
-        .output()
-        .expect("run ibot")
-}
-
-fn s(p: &Path) -> String {
-    p.to_str().unwrap().to_string()
-}
 
 struct Case {
-    _dir: tempfile::TempDir,
-    dir: PathBuf,
+    tmp: TempCase,
+    files: FeatureFiles,
 }
 
 impl Case {
     fn p(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
+        self.tmp.p(name)
     }
 
     /// 400 train rows of 5 classes (80 each), 120 test rows, dimension 16.
     fn new() -> Case {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_path_buf();
+        let tmp = TempCase::new();
         let train_y: Vec<usize> = (0..400).map(|i| i % 5).collect();
         let test_y: Vec<usize> = (0..120).map(|i| (i / 3) % 5).collect();
-        let write = |name: &str, a: &Array2<f32>| {
-            a.write_npy(std::fs::File::create(root.join(name)).unwrap())
-                .unwrap()
-        };
-        write(
-            "train.npy",
-            &knn::synthetic::clustered(2, 0, 1, &train_y, 16, 1.0),
+        let files = FeatureFiles::write(
+            &tmp.dir,
+            (
+                &knn::synthetic::clustered(2, 0, 1, &train_y, 16, 1.0),
+                &train_y,
+            ),
+            (
+                &knn::synthetic::clustered(2, 0, 5, &test_y, 16, 1.0),
+                &test_y,
+            ),
         );
-        write(
-            "test.npy",
-            &knn::synthetic::clustered(2, 0, 5, &test_y, 16, 1.0),
-        );
-        let lines = |v: &[usize]| v.iter().map(|l| format!("{l}\n")).collect::<String>();
-        std::fs::write(root.join("train.txt"), lines(&train_y)).unwrap();
-        std::fs::write(root.join("test.txt"), lines(&test_y)).unwrap();
         let names: String = (0..400)
             .map(|i| format!("c{}/img_{i:04}.png\n", train_y[i]))
             .collect();
-        std::fs::write(root.join("names.txt"), names).unwrap();
-        Case {
-            _dir: dir,
-            dir: root,
-        }
+        std::fs::write(tmp.p("names.txt"), names).unwrap();
+        Case { tmp, files }
     }
 
     fn args(&self, out: &Path, extra: &[&str]) -> Vec<String> {
-        let mut a: Vec<String> = vec![
-            "eval".into(),
-            "semisup".into(),
-            "--train-features".into(),
-            s(&self.p("train.npy")),
-            "--train-labels".into(),
-            s(&self.p("train.txt")),
-            "--test-features".into(),
-            s(&self.p("test.npy")),
-            "--test-labels".into(),
-            s(&self.p("test.txt")),
-            "--linear-epochs".into(),
-            "3".into(),
-            "--linear-sweep".into(),
-            "lr-only".into(),
-            "--linear-batch-size".into(),
-            "32".into(),
-            "--out".into(),
-            s(out),
-        ];
+        let mut a = self.files.args(
+            "semisup",
+            &[
+                "--linear-epochs",
+                "3",
+                "--linear-sweep",
+                "lr-only",
+                "--linear-batch-size",
+                "32",
+                "--out",
+                s(out),
+            ],
+        );
         a.extend(extra.iter().map(|e| e.to_string()));
         a
     }
-}
-
-fn ok(args: &[String]) -> String {
-    let out = ibot(args);
-    assert!(
-        out.status.success(),
-        "ibot {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn failure(args: &[String]) -> String {
-    let out = ibot(args);
-    assert!(!out.status.success(), "ibot {args:?} should fail");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn result(out: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap()).unwrap()
 }
 
 #[test]
@@ -153,9 +107,9 @@ fn split_files_select_rows_by_file_name() {
             "--percent",
             "10",
             "--split-file",
-            &s(&c.p("my_split.txt")),
+            s(&c.p("my_split.txt")),
             "--train-names",
-            &s(&c.p("names.txt")),
+            s(&c.p("names.txt")),
             "--protocols",
             "logreg,knn",
         ],
@@ -182,9 +136,9 @@ fn bad_inputs_fail_with_reasons() {
         &out,
         &[
             "--split-file",
-            &s(&c.p("missing.txt")),
+            s(&c.p("missing.txt")),
             "--train-names",
-            &s(&c.p("names.txt")),
+            s(&c.p("names.txt")),
         ],
     ));
     assert!(
@@ -193,21 +147,20 @@ fn bad_inputs_fail_with_reasons() {
         ),
         "{err}"
     );
-    let err = failure(&c.args(&out, &["--split-file", &s(&c.p("missing.txt"))]));
+    let err = failure(&c.args(&out, &["--split-file", s(&c.p("missing.txt"))]));
     assert!(err.contains("--train-names"), "{err}");
 
     std::fs::write(c.p("short.txt"), "0\n1\n").unwrap();
     let mut args = c.args(&out, &[]);
-    args[5] = s(&c.p("short.txt"));
+    args[5] = s(&c.p("short.txt")).to_string();
     let err = failure(&args);
     assert!(err.contains("short.txt has 2 labels but"), "{err}");
 
     let mut bad = Array2::<f32>::ones((120, 16));
     bad[[9, 0]] = f32::NAN;
-    bad.write_npy(std::fs::File::create(c.p("nan.npy")).unwrap())
-        .unwrap();
+    write_npy(&c.p("nan.npy"), &bad);
     let mut args = c.args(&out, &[]);
-    args[7] = s(&c.p("nan.npy"));
+    args[7] = s(&c.p("nan.npy")).to_string();
     let err = failure(&args);
     assert!(err.contains("nan.npy: row 9 contains NaN"), "{err}");
 

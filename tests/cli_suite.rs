@@ -1,54 +1,15 @@
 //! `ibot suite` end to end: generated images, two tiny random ViTs, a seconds-sized suite; the
 //! three report files, every task's numbers, and resuming after a crash without redoing work.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use backbone::checkpoint::{config_metadata, save_safetensors};
-use backbone::VitConfig;
+use common::{ibot, read_json, s, stderr_of as ok};
 use serde_json::Value;
-
-fn ibot(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ibot"))
-        .args(args)
-        .output()
-        .expect("run ibot")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "ibot failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// A random-init ViT (patch 8, 32 px, width 24, depth 2) as safetensors with its config metadata.
-fn tiny_checkpoint(path: &Path, seed: u64) {
-    let cfg = VitConfig {
-        embed_dim: 24,
-        depth: 2,
-        num_heads: 2,
-        mlp_hidden: 96,
-        patch_size: 8,
-        img_size: 32,
-        in_chans: 3,
-        drop_path_rate: 0.0,
-        masked_im_modeling: false,
-    };
-    let weights = backbone::init::init_weights(&cfg, seed).unwrap();
-    let mut tensors: Vec<(String, candle_core::Tensor)> = weights.into_iter().collect();
-    tensors.sort_by(|a, b| a.0.cmp(&b.0));
-    save_safetensors(path, &tensors, config_metadata(&cfg)).unwrap();
-}
 
 struct Case {
     _tmp: tempfile::TempDir,
@@ -76,8 +37,10 @@ fn setup() -> Case {
         root.join("random-a.safetensors"),
         root.join("random-b.safetensors"),
     );
-    tiny_checkpoint(&a, 1);
-    tiny_checkpoint(&b, 2);
+    // Patch 8, 32 px, width 24, depth 2.
+    let cfg = common::tiny_vit(24, 96);
+    common::save_random_vit(&a, &cfg, 1);
+    common::save_random_vit(&b, &cfg, 2);
     let suite = root.join("tiny.toml");
     std::fs::write(
         &suite,
@@ -138,8 +101,13 @@ fn suite_args<'a>(c: &'a Case, out: &'a Path) -> Vec<&'a str> {
     ]
 }
 
-fn read_json(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+/// The lines of `ibot suite`'s per-unit log.
+fn unit_log(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("suite.log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 fn mtimes(dir: &Path) -> BTreeMap<PathBuf, SystemTime> {
@@ -213,6 +181,22 @@ fn suite_writes_three_reports_and_resumes_without_redoing_work() {
     let m = &report["manifest"];
     assert_eq!(m["tasks_run"], 10);
     assert_eq!(m["tasks_skipped"], 0);
+    // stderr is not a terminal here: no bar is drawn, and each unit leaves one JSON log line.
+    assert!(
+        !log.contains('\r') && !log.contains("\x1b["),
+        "bars drawn:\n{log}"
+    );
+    let units = unit_log(&out);
+    assert_eq!(units.len(), 10, "{units:?}");
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, u) in units.iter().enumerate() {
+        assert_eq!(u["done"], i as u64 + 1, "{u}");
+        assert_eq!(u["total"], 10, "{u}");
+        assert_eq!(u["status"], "done", "{u}");
+        assert!(u["seconds"].as_f64().unwrap() > 0.0, "{u}");
+        seen.insert((u["checkpoint"].to_string(), u["task"].to_string()));
+    }
+    assert_eq!(seen.len(), 10, "a unit was logged twice: {units:?}");
     assert!(m["rustc"].as_str().unwrap().starts_with("rustc "));
     assert!(m["wall_seconds"]["cluster"]["random-b"].as_f64().unwrap() > 0.0);
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
@@ -249,6 +233,21 @@ fn suite_writes_three_reports_and_resumes_without_redoing_work() {
     let again = read_json(&out.join("report.json"));
     assert_eq!(again["manifest"]["tasks_run"], 1);
     assert_eq!(again["manifest"]["tasks_skipped"], 9);
+    // The log is appended: the re-run counts its own units, skipped ones included.
+    let units = unit_log(&out);
+    assert_eq!(units.len(), 20);
+    let rerun = &units[10..];
+    assert!(rerun
+        .iter()
+        .enumerate()
+        .all(|(i, u)| u["done"] == i as u64 + 1));
+    let redone: Vec<_> = rerun.iter().filter(|u| u["status"] == "done").collect();
+    assert_eq!(redone.len(), 1, "{rerun:?}");
+    assert_eq!(
+        (&redone[0]["checkpoint"], &redone[0]["task"]),
+        (&Value::from("random-b"), &Value::from("cluster"))
+    );
+    assert_eq!(rerun.iter().filter(|u| u["status"] == "skipped").count(), 9);
     // Same inputs, same seed: the recomputed result equals the first one.
     let kmeans = |r: &Value| {
         let km = &r["results"]["cluster"]["random-b"]["cluster"]["kmeans"];

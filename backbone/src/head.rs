@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Checkpoint;
 use crate::ops::gelu_erf;
+use crate::vit::autocast_matmul_t;
 
 /// `F.normalize`'s default eps.
 const NORMALIZE_EPS: f64 = 1e-12;
@@ -110,6 +111,7 @@ impl HeadConfig {
 struct Dense {
     weight: Tensor,
     bias: Tensor,
+    compute: Option<DType>,
 }
 
 impl Dense {
@@ -117,6 +119,7 @@ impl Dense {
         Ok(Self {
             weight: vb.get((out_dim, in_dim), "weight")?,
             bias: vb.get(out_dim, "bias")?,
+            compute: None,
         })
     }
 
@@ -125,9 +128,7 @@ impl Dense {
         let dims = x.dims();
         let in_dim = dims[dims.len() - 1];
         let rows: usize = dims[..dims.len() - 1].iter().product();
-        let y = x
-            .reshape((rows, in_dim))?
-            .matmul(&self.weight.t()?)?
+        let y = autocast_matmul_t(&x.reshape((rows, in_dim))?, &self.weight, self.compute)?
             .broadcast_add(&self.bias)?;
         let mut out_dims = dims.to_vec();
         *out_dims.last_mut().unwrap() = self.weight.dim(0)?;
@@ -176,12 +177,12 @@ pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
     x.broadcast_div(&norm)?.to_dtype(dtype)
 }
 
-/// Rows of `x` (last dim = in) times Wᵀ, as one GEMM.
-fn project(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+/// Rows of `x` (last dim = in) times Wᵀ, as one GEMM (in `compute` when given).
+fn project(x: &Tensor, w: &Tensor, compute: Option<DType>) -> Result<Tensor> {
     let dims = x.dims();
     let in_dim = dims[dims.len() - 1];
     let rows: usize = dims[..dims.len() - 1].iter().product();
-    let y = x.reshape((rows, in_dim))?.matmul(&w.t()?)?;
+    let y = autocast_matmul_t(&x.reshape((rows, in_dim))?, w, compute)?;
     let mut out_dims = dims.to_vec();
     *out_dims.last_mut().unwrap() = w.dim(0)?;
     y.reshape(out_dims)
@@ -195,6 +196,7 @@ pub struct IbotHead {
     fc4: Dense,
     last_layer: WeightNormLinear,
     last_layer2: Option<WeightNormLinear>,
+    compute: Option<DType>,
 }
 
 impl IbotHead {
@@ -224,11 +226,23 @@ impl IbotHead {
                 vb.pp("last_layer"),
             )?,
             last_layer2,
+            compute: None,
         })
     }
 
     pub fn config(&self) -> &HeadConfig {
         &self.cfg
+    }
+
+    /// Mixed precision: the MLP and prototype GEMMs run in `dtype`; GELU, the L2 normalisation,
+    /// the weight norm and the returned logits keep the weights' dtype.
+    pub fn with_compute_dtype(mut self, dtype: DType) -> Self {
+        let c = Some(dtype);
+        self.compute = c;
+        for dense in [&mut self.fc0, &mut self.fc2, &mut self.fc4] {
+            dense.compute = c;
+        }
+        self
     }
 
     /// MLP → L2 normalisation, on the last dimension of any shape.
@@ -245,16 +259,28 @@ impl IbotHead {
             candle_core::bail!("head input has {t} tokens; need the CLS token and ≥1 patch");
         }
         let z = self.bottleneck(tokens)?;
-        let cls = project(&z.narrow(1, 0, 1)?.squeeze(1)?, &self.last_layer.weight()?)?;
+        let cls = project(
+            &z.narrow(1, 0, 1)?.squeeze(1)?,
+            &self.last_layer.weight()?,
+            self.compute,
+        )?;
         let patch_layer = self.last_layer2.as_ref().unwrap_or(&self.last_layer);
-        let patch = project(&z.narrow(1, 1, t - 1)?, &patch_layer.weight()?)?;
+        let patch = project(
+            &z.narrow(1, 1, t - 1)?,
+            &patch_layer.weight()?,
+            self.compute,
+        )?;
         Ok((cls, patch))
     }
 
     /// x [B, D] → CLS logits [B, K] (DINOHead path).
     pub fn forward_cls(&self, x: &Tensor) -> Result<Tensor> {
         x.dims2()?;
-        project(&self.bottleneck(x)?, &self.last_layer.weight()?)
+        project(
+            &self.bottleneck(x)?,
+            &self.last_layer.weight()?,
+            self.compute,
+        )
     }
 }
 

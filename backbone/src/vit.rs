@@ -15,10 +15,36 @@ pub struct TrainCtx<'a> {
     pub rng: &'a mut dyn rand::RngCore,
 }
 
+/// `x · wᵀ` for x [M, K] and w [N, K]. With a `compute` dtype other than x's (mixed precision)
+/// both operands are cast to it for the GEMM and the product comes back in x's dtype, so what
+/// follows (bias, LayerNorm, softmax, GELU, residual sums) stays in the master precision. The
+/// casts are differentiable: the gradients of f32 weights arrive in f32.
+pub(crate) fn autocast_matmul_t(x: &Tensor, w: &Tensor, compute: Option<DType>) -> Result<Tensor> {
+    match compute {
+        Some(dt) if dt != x.dtype() => x
+            .to_dtype(dt)?
+            .matmul(&w.to_dtype(dt)?.t()?)?
+            .to_dtype(x.dtype()),
+        _ => x.matmul(&w.t()?),
+    }
+}
+
+/// Batched `a · b` in the `compute` dtype, the result in a's dtype (see [`autocast_matmul_t`]).
+fn autocast_matmul(a: &Tensor, b: &Tensor, compute: Option<DType>) -> Result<Tensor> {
+    match compute {
+        Some(dt) if dt != a.dtype() => a
+            .to_dtype(dt)?
+            .matmul(&b.to_dtype(dt)?)?
+            .to_dtype(a.dtype()),
+        _ => a.matmul(b),
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: Tensor,
     bias: Tensor,
+    compute: Option<DType>,
 }
 
 impl Linear {
@@ -26,6 +52,7 @@ impl Linear {
         Ok(Self {
             weight: vb.get((out_dim, in_dim), "weight")?,
             bias: vb.get(out_dim, "bias")?,
+            compute: None,
         })
     }
 }
@@ -37,7 +64,7 @@ impl Module for Linear {
         let in_dim = dims[dims.len() - 1];
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let y = add_bias(
-            &x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?,
+            &autocast_matmul_t(&x.reshape((rows, in_dim))?, &self.weight, self.compute)?,
             &self.bias,
         )?;
         let mut out_dims = dims.to_vec();
@@ -73,6 +100,7 @@ struct PatchEmbed {
     weight: Tensor,
     bias: Tensor,
     patch: usize,
+    compute: Option<DType>,
 }
 
 impl PatchEmbed {
@@ -82,6 +110,7 @@ impl PatchEmbed {
             weight: vb.get((cfg.embed_dim, cfg.in_chans, p, p), "weight")?,
             bias: vb.get(cfg.embed_dim, "bias")?,
             patch: p,
+            compute: None,
         })
     }
 
@@ -100,7 +129,7 @@ impl PatchEmbed {
             .reshape((b * rows * cols, c * p * p))?;
         let d = self.weight.dim(0)?;
         let w2 = self.weight.reshape((d, c * p * p))?;
-        let tokens = add_bias(&patches.matmul(&w2.t()?)?, &self.bias)?;
+        let tokens = add_bias(&autocast_matmul_t(&patches, &w2, self.compute)?, &self.bias)?;
         Ok((tokens.reshape((b, rows * cols, d))?, rows, cols))
     }
 }
@@ -111,6 +140,7 @@ struct Attention {
     proj: Linear,
     num_heads: usize,
     scale: f64,
+    compute: Option<DType>,
 }
 
 impl Attention {
@@ -121,6 +151,7 @@ impl Attention {
             proj: Linear::new(d, d, vb.pp("proj"))?,
             num_heads: cfg.num_heads,
             scale: (cfg.head_dim() as f64).powf(-0.5),
+            compute: None,
         })
     }
 
@@ -137,9 +168,11 @@ impl Attention {
         let q = qkv.get(0)?.contiguous()?;
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
-        let attn = (q.matmul(&k.t()?)? * self.scale)?;
+        let attn = (autocast_matmul(&q, &k.t()?, self.compute)? * self.scale)?;
         let attn = softmax_last_dim(&attn)?;
-        let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
+        let out = autocast_matmul(&attn, &v, self.compute)?
+            .transpose(1, 2)?
+            .reshape((b, t, d))?;
         Ok((self.proj.forward(&out)?, attn))
     }
 }
@@ -253,6 +286,22 @@ impl VisionTransformer {
 
     pub fn config(&self) -> &VitConfig {
         &self.cfg
+    }
+
+    /// Mixed precision: the GEMMs of patch embedding, attention and MLP run in `dtype` (e.g.
+    /// bf16) while the weights, LayerNorm, softmax, GELU and the residual stream keep the
+    /// weights' dtype. With the weights' own dtype this changes nothing.
+    pub fn with_compute_dtype(mut self, dtype: DType) -> Self {
+        let c = Some(dtype);
+        self.patch_embed.compute = c;
+        for block in &mut self.blocks {
+            block.attn.compute = c;
+            block.attn.qkv.compute = c;
+            block.attn.proj.compute = c;
+            block.mlp.fc1.compute = c;
+            block.mlp.fc2.compute = c;
+        }
+        self
     }
 
     /// Patch embedding, mask-token replacement, CLS, position embedding: [B, 1+N, D].

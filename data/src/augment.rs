@@ -154,11 +154,11 @@ fn flip_and_color(img: RgbImage, rng: &mut SampleRng) -> RgbImage {
     img
 }
 
-/// iBOT's `utils.GaussianBlur(p)`: radius ~ U(0.1, 2.0), applied when a uniform draw ≤ p.
-fn maybe_blur(img: RgbImage, p: f64, rng: &mut SampleRng) -> RgbImage {
+/// iBOT's `utils.GaussianBlur(p)`: radius ~ U(0.1, 2.0) officially, applied when a uniform draw ≤ p.
+fn maybe_blur(img: RgbImage, p: f64, radius: (f64, f64), rng: &mut SampleRng) -> RgbImage {
     let apply = rng.random::<f64>() <= p;
     if apply {
-        let radius: f64 = rng.random_range(0.1..=2.0);
+        let radius: f64 = rng.random_range(radius.0..=radius.1);
         color::gaussian_blur(&img, radius as f32)
     } else {
         img
@@ -174,7 +174,12 @@ pub struct IbotAugment {
     pub local_scale: (f64, f64),
     pub global_crops: usize,
     pub local_crops: usize,
+    /// Gaussian blur radius range in pixels; the official (0.1, 2.0) is sized for 224-px crops.
+    pub blur_radius: (f64, f64),
 }
+
+/// The official blur radius range.
+pub const IBOT_BLUR_RADIUS: (f64, f64) = (0.1, 2.0);
 
 impl IbotAugment {
     /// The README ViT-S recipe at a given resolution.
@@ -186,6 +191,7 @@ impl IbotAugment {
             local_scale: (0.05, 0.25),
             global_crops: 2,
             local_crops,
+            blur_radius: IBOT_BLUR_RADIUS,
         }
     }
 
@@ -197,9 +203,9 @@ impl IbotAugment {
         for g in 0..self.global_crops {
             let mut c = flip_and_color(global.apply(img, rng), rng);
             if g == 0 {
-                c = maybe_blur(c, 1.0, rng);
+                c = maybe_blur(c, 1.0, self.blur_radius, rng);
             } else {
-                c = maybe_blur(c, 0.1, rng);
+                c = maybe_blur(c, 0.1, self.blur_radius, rng);
                 if rng.random::<f64>() < 0.2 {
                     c = color::solarize(&c, 128);
                 }
@@ -214,7 +220,7 @@ impl IbotAugment {
             RandomResizedCrop::new(self.local_size, self.local_scale, Interpolation::Bicubic);
         for _ in 0..self.local_crops {
             let c = flip_and_color(local.apply(img, rng), rng);
-            let c = maybe_blur(c, 0.5, rng);
+            let c = maybe_blur(c, 0.5, self.blur_radius, rng);
             crops.push(transforms::to_normalized_chw(
                 &c,
                 IMAGENET_MEAN,

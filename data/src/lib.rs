@@ -12,6 +12,7 @@ pub mod folder;
 pub mod idx;
 pub mod image_io;
 pub mod joint;
+pub mod labelled;
 pub mod loader;
 pub mod pil;
 pub mod rle;

@@ -1,5 +1,6 @@
 //! Deterministic, class-balanced label-fraction subsets (the SimCLR 1% / 10% style) written as
-//! file lists (`relative/path label`) so a run can be reproduced exactly.
+//! file lists (`relative/path label`) so a run can be reproduced exactly, and the class-balanced
+//! hold-out the protocols select on (linear probe heads, logistic-regression λ).
 
 use std::path::Path;
 
@@ -72,6 +73,38 @@ pub fn balanced_subset(labels: &[usize], size: SplitSize, seed: u64) -> Vec<usiz
     picked
 }
 
+/// A class-balanced hold-out: from each class, `max(1, round(n_c · fraction))` rows (at most
+/// `n_c − 1`, so every class keeps a training row), drawn with a per-class seeded shuffle. Returns
+/// (train, holdout) row indices, each ascending.
+pub fn holdout_split(labels: &[usize], fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let classes = labels.iter().max().map_or(0, |&m| m + 1);
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
+    for (i, &l) in labels.iter().enumerate() {
+        by_class[l].push(i);
+    }
+    let mut held = Vec::new();
+    for (class, members) in by_class.iter_mut().enumerate() {
+        // At least one row of every class that has two, so small splits still get a selection set.
+        let k = ((members.len() as f64 * fraction).round() as usize)
+            .max(1)
+            .min(members.len().saturating_sub(1));
+        if k == 0 {
+            continue;
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(
+            seed ^ (class as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03),
+        );
+        members.shuffle(&mut rng);
+        held.extend_from_slice(&members[..k]);
+    }
+    held.sort_unstable();
+    let mut is_held = vec![false; labels.len()];
+    for &i in &held {
+        is_held[i] = true;
+    }
+    ((0..labels.len()).filter(|&i| !is_held[i]).collect(), held)
+}
+
 /// Writes `relative/path label` lines.
 pub fn write_file_list(path: &Path, entries: &[(String, usize)]) -> Result<()> {
     let mut text = String::new();
@@ -85,4 +118,36 @@ pub fn write_file_list(path: &Path, entries: &[(String, usize)]) -> Result<()> {
         text.push_str(&format!("{rel} {label}\n"));
     }
     std::fs::write(path, text).map_err(|e| DataError::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holdout_is_balanced_and_keeps_every_class() {
+        let labels: Vec<usize> = (0..100).map(|i| if i < 90 { i % 3 } else { 3 }).collect();
+        let (train, held) = holdout_split(&labels, 0.1, 0);
+        assert_eq!(train.len() + held.len(), 100);
+        let count = |c| held.iter().filter(|&&i| labels[i] == c).count();
+        assert_eq!((count(0), count(1), count(2), count(3)), (3, 3, 3, 1));
+        let (_, again) = holdout_split(&labels, 0.1, 0);
+        assert_eq!(held, again);
+        let (_, other) = holdout_split(&labels, 0.1, 1);
+        assert_ne!(held, other);
+        // A class with one row stays in training.
+        let (train, held) = holdout_split(&[0, 0, 0, 0, 1], 0.5, 0);
+        assert!(train.contains(&4) && held.len() == 2);
+    }
+
+    #[test]
+    fn holdout_draw_is_pinned() {
+        // The protocols' selection sets depend on this exact draw; a change of RNG or shuffle
+        // would silently move results.json numbers.
+        let labels: Vec<usize> = (0..20).map(|i| i % 2).collect();
+        let (_, held) = holdout_split(&labels, 0.2, 7);
+        assert_eq!(held, PINNED_HOLDOUT);
+    }
+
+    const PINNED_HOLDOUT: [usize; 4] = [0, 4, 5, 13];
 }

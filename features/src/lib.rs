@@ -4,10 +4,12 @@
 //! cached features extract once and never read a stale cache.
 //!
 //! Modules: [`data_config`] (configs and split readers), [`spec`] (feature layouts), [`file`] (the
-//! feature file format shared with `ibot extract`), [`store`] (cache key, resumable extraction).
+//! feature file format shared with `ibot extract`), [`store`] (cache key, resumable extraction),
+//! [`progress`] (where bars and log lines go: alone, under `ibot suite`'s display, or hidden).
 
 pub mod data_config;
 pub mod file;
+pub mod progress;
 pub mod spec;
 pub mod store;
 
@@ -93,6 +95,7 @@ pub struct ModelSource {
 
 pub use data_config::{class_names, open_split, open_split_data, SplitData};
 pub use file::{read_feature_file, write_feature_file, FeatureFile};
+pub use progress::Progress;
 pub use store::{default_device, sha256_file, FeatureStore};
 
 /// Features of one split, row-aligned with the labels.

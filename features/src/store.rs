@@ -27,6 +27,7 @@ use sha2::{Digest, Sha256};
 
 use crate::data_config::{open_split_data, split_name, SplitData};
 use crate::file::{read_feature_file, write_feature_file};
+use crate::progress::Progress;
 use crate::{DataConfig, FeatureSpec, Features, ModelSource, Split};
 
 /// Bumped whenever extraction changes the numbers it produces, so old cache entries are not reused.
@@ -51,6 +52,7 @@ pub struct FeatureStore {
     chunk_size: usize,
     /// sha256 of checkpoints already hashed by this store, by (path, size, mtime).
     checkpoint_hashes: Mutex<HashMap<FileIdentity, String>>,
+    progress: Progress,
 }
 
 /// A checkpoint resolved to exactly what will be loaded.
@@ -68,7 +70,14 @@ impl FeatureStore {
             batch_size: 64,
             chunk_size: 1024,
             checkpoint_hashes: Mutex::new(HashMap::new()),
+            progress: Progress::standalone(),
         }
+    }
+
+    /// Where the extraction bar and the store's log lines go (default: their own bar on stderr).
+    pub fn with_progress(mut self, progress: Progress) -> Self {
+        self.progress = progress;
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -144,14 +153,14 @@ impl FeatureStore {
         if path.exists() {
             match self.read_cached(&path, &key, &split_data) {
                 Ok((x, stored)) => {
-                    eprintln!(
+                    self.progress.println(format!(
                         "features: {} {} ({} × {}) from cache {}",
                         data.name,
                         split_name(split),
                         x.nrows(),
                         x.ncols(),
                         path.display()
-                    );
+                    ));
                     manifest["features"]["dim"] = json!(x.ncols());
                     manifest["cache"]["from_cache"] = json!(true);
                     // Hashing the checkpoint, listing the split and reading the entry.
@@ -160,7 +169,8 @@ impl FeatureStore {
                     return Ok(self.features(x, &split_data, manifest));
                 }
                 Err(e) => {
-                    eprintln!("warning: ignoring unreadable cache entry: {e:#}");
+                    self.progress
+                        .println(format!("warning: ignoring unreadable cache entry: {e:#}"));
                     std::fs::remove_file(&path).with_context(|| {
                         format!("{}: cannot remove the broken cache entry", path.display())
                     })?;
@@ -200,7 +210,7 @@ impl FeatureStore {
             std::fs::remove_dir_all(&partial)
                 .with_context(|| format!("{}: cannot remove", partial.display()))?;
         }
-        eprintln!(
+        self.progress.println(format!(
             "features: {} {} ({} × {}) extracted in {:.1} s, cached in {}",
             data.name,
             split_name(split),
@@ -208,7 +218,7 @@ impl FeatureStore {
             x.ncols(),
             seconds,
             path.display()
-        );
+        ));
         Ok(self.features(x, &split_data, manifest))
     }
 
@@ -305,7 +315,8 @@ impl FeatureStore {
                 match read_chunk(&path, key, range(c), split) {
                     Ok(x) => Some(x),
                     Err(e) => {
-                        eprintln!("warning: re-extracting chunk {c}: {e:#}");
+                        self.progress
+                            .println(format!("warning: re-extracting chunk {c}: {e:#}"));
                         None
                     }
                 }
@@ -366,11 +377,11 @@ impl FeatureStore {
                     ..LoaderConfig::default()
                 },
             )?;
-            let bar = indicatif::ProgressBar::new(n as u64);
-            bar.set_style(indicatif::ProgressStyle::with_template(
-                "{msg} {bar:40} {pos}/{len} [{elapsed} < {eta}] {per_sec}",
-            )?);
-            bar.set_message(format!("features {} {}", data.name, split_name(split_kind)));
+            let bar = self.progress.bar_with_template(
+                n as u64,
+                crate::progress::RATE_TEMPLATE,
+                format!("features {} {}", data.name, split_name(split_kind)),
+            );
             bar.set_position(resumed as u64);
 
             let mut queue = missing.iter().copied();
@@ -401,7 +412,7 @@ impl FeatureStore {
                     current = queue.next();
                 }
             }
-            bar.finish_and_clear();
+            drop(bar);
             if current.is_some() {
                 bail!(
                     "extraction of {} {} stopped early",

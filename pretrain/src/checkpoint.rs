@@ -29,6 +29,13 @@ pub struct TrainState {
     pub optimizer_steps: BTreeMap<String, u64>,
     /// Loss of the last completed step.
     pub last_loss: Option<f64>,
+    /// Data-parallel ranks the run trains on: the sampler shards and the lr scaling depend on it.
+    #[serde(default = "one_rank")]
+    pub world_size: usize,
+}
+
+fn one_rank() -> usize {
+    1
 }
 
 pub struct Saved {

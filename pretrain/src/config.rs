@@ -98,6 +98,13 @@ pub struct CropsSection {
     pub global_scale: (f64, f64),
     #[serde(default = "default_local_scale")]
     pub local_scale: (f64, f64),
+    /// Gaussian blur radius range in pixels (official: [0.1, 2.0], sized for 224-px crops).
+    #[serde(default = "default_blur_radius")]
+    pub blur_radius: (f64, f64),
+}
+
+fn default_blur_radius() -> (f64, f64) {
+    data::augment::IBOT_BLUR_RADIUS
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -160,7 +167,8 @@ pub struct RunSection {
     pub checkpoint_every: usize,
     /// Stop after this many steps in total (smoke tests, benchmarks); schedules keep the full length.
     pub max_steps: Option<usize>,
-    /// `f32`, `bf16` (CUDA only) or `auto` (bf16 on CUDA, f32 on CPU).
+    /// GEMM precision: `f32`, `bf16` (bf16 GEMMs, f32 master weights and f32 LayerNorm/softmax/loss;
+    /// also on the CPU, slowly) or `auto` (bf16 on CUDA, f32 on CPU).
     pub precision: String,
     /// Decode/augment threads (0 = all cores).
     pub loader_threads: usize,
@@ -267,6 +275,10 @@ impl PretrainConfig {
             if !(0.0 < lo && lo <= hi && hi <= 1.0) {
                 bail!("crops.{name} must satisfy 0 < min <= max <= 1, got ({lo}, {hi})");
             }
+        }
+        let (lo, hi) = c.blur_radius;
+        if !(0.0 < lo && lo <= hi) {
+            bail!("crops.blur_radius must satisfy 0 < min <= max, got ({lo}, {hi})");
         }
         self.mask.validate()?;
         let o = &self.optim;

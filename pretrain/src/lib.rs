@@ -2,10 +2,12 @@
 //! schedules, multi-crop batches, the EMA teacher and the training loop with atomic, resumable checkpoints.
 
 pub mod checkpoint;
+pub mod collective;
 pub mod config;
 pub mod loss;
 pub mod mask;
 pub mod multicrop;
 pub mod optim;
+pub mod parallel;
 pub mod schedule;
 pub mod trainer;

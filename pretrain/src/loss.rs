@@ -5,6 +5,7 @@
 use candle_core::{DType, Device, Result, Tensor, D};
 use serde::{Deserialize, Serialize};
 
+use crate::collective::{mean_scalars, Collective, SingleProcess};
 use crate::schedule::teacher_temp_schedule;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,6 +113,15 @@ fn softmax(x: &Tensor) -> Result<Tensor> {
     e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
 }
 
+/// Sum over ranks (the identity for one process).
+fn reduce(comm: &dyn Collective, t: &Tensor) -> Result<Tensor> {
+    if comm.world_size() == 1 {
+        return Ok(t.clone());
+    }
+    comm.all_reduce_sum(t)
+        .map_err(|e| candle_core::Error::Msg(format!("{e:#}")))
+}
+
 fn scalar(t: &Tensor) -> Result<f64> {
     t.to_dtype(DType::F64)?.to_scalar::<f64>()
 }
@@ -204,6 +214,34 @@ impl IbotLoss {
         masks: &Tensor,
         epoch: usize,
     ) -> Result<LossOutput> {
+        self.forward_with(
+            student_global_cls,
+            student_global_patch,
+            student_local_cls,
+            teacher_cls,
+            teacher_patch,
+            masks,
+            epoch,
+            &SingleProcess,
+        )
+    }
+
+    /// [`IbotLoss::forward`] on one rank of a data-parallel group: the loss is this rank's
+    /// (DDP averages the gradients), the centre update uses the batch sums all-reduced over
+    /// `comm` divided by (local rows × world size) as the official `update_center`, and the
+    /// teacher statistics describe the global batch.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_with(
+        &mut self,
+        student_global_cls: &Tensor,
+        student_global_patch: &Tensor,
+        student_local_cls: Option<&Tensor>,
+        teacher_cls: &Tensor,
+        teacher_patch: &Tensor,
+        masks: &Tensor,
+        epoch: usize,
+        comm: &dyn Collective,
+    ) -> Result<LossOutput> {
         let g = self.cfg.global_crops;
         let l = self.cfg.local_crops;
         let (k, kp) = (self.cfg.out_dim, self.cfg.patch_out_dim);
@@ -279,8 +317,8 @@ impl IbotLoss {
         let loss_patch = ((Tensor::stack(&patch_terms, 0)?.sum_all()? / n2)? * self.cfg.lambda2)?;
         let loss = (&loss_cls + &loss_patch)?;
 
-        self.last_stats = Some(self.teacher_stats(&p_cls, &t_cls, student_global_cls, b)?);
-        self.update_centers(&t_cls, &t_patch)?;
+        self.last_stats = Some(self.teacher_stats(&p_cls, &t_cls, student_global_cls, b, comm)?);
+        self.update_centers(&t_cls, &t_patch, comm)?;
         Ok(LossOutput {
             cls: scalar(&loss_cls)?,
             patch: scalar(&loss_patch)?,
@@ -290,13 +328,18 @@ impl IbotLoss {
 
     /// `update_center`: batch mean of the raw teacher CLS logits, and batch mean of the per-image
     /// mean over ALL patch tokens, each folded in with its momentum.
-    fn update_centers(&mut self, t_cls: &Tensor, t_patch: &Tensor) -> Result<()> {
-        let rows = t_cls.dim(0)? as f64;
+    fn update_centers(
+        &mut self,
+        t_cls: &Tensor,
+        t_patch: &Tensor,
+        comm: &dyn Collective,
+    ) -> Result<()> {
+        let rows = (t_cls.dim(0)? * comm.world_size()) as f64;
         let m = self.cfg.center_momentum;
         let m2 = self.cfg.center_momentum2;
-        let c = (t_cls.sum_keepdim(0)? / rows)?;
+        let c = (reduce(comm, &t_cls.sum_keepdim(0)?)? / rows)?;
         self.center = ((&self.center * m)? + (c * (1.0 - m))?)?.detach();
-        let c2 = (t_patch.mean(1)?.sum_keepdim(0)? / rows)?.unsqueeze(0)?;
+        let c2 = (reduce(comm, &t_patch.mean(1)?.sum_keepdim(0)?)? / rows)?.unsqueeze(0)?;
         self.center2 = ((&self.center2 * m2)? + (c2 * (1.0 - m2))?)?.detach();
         Ok(())
     }
@@ -307,11 +350,18 @@ impl IbotLoss {
         t_cls: &Tensor,
         s_global_cls: &Tensor,
         b: usize,
+        comm: &dyn Collective,
     ) -> Result<TeacherStats> {
+        let world = comm.world_size();
         // 0·log 0 = 0: clamp inside the log only.
         let plogp = (p_cls * p_cls.clamp(1e-30, 1.0)?.log()?)?;
         let entropy = scalar(&plogp.sum(D::Minus1)?.mean_all()?.neg()?)?;
-        let marginal = p_cls.mean_keepdim(0)?;
+        let marginal = if world == 1 {
+            p_cls.mean_keepdim(0)?
+        } else {
+            let rows = (p_cls.dim(0)? * world) as f64;
+            (reduce(comm, &p_cls.sum_keepdim(0)?)? / rows)?
+        };
         let marginal_entropy = scalar(
             &(&marginal * marginal.clamp(1e-30, 1.0)?.log()?)?
                 .sum_all()?
@@ -324,6 +374,15 @@ impl IbotLoss {
             Some(scalar(&same)? / b as f64)
         } else {
             None
+        };
+        // Equal batch sizes on every rank: the global means are the means of the rank means.
+        let (entropy, agreement) = if world == 1 {
+            (entropy, agreement)
+        } else {
+            let dev = p_cls.device();
+            let m = mean_scalars(comm, &[entropy, agreement.unwrap_or(0.0)], dev)
+                .map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?;
+            (m[0], agreement.map(|_| m[1]))
         };
         Ok(TeacherStats {
             entropy,

@@ -97,6 +97,8 @@ pub struct MultiCropLoader {
     batch_size: usize,
     seed: u64,
     pool: Option<Arc<rayon::ThreadPool>>,
+    /// (rank, world size): which DistributedSampler shard of each epoch this loader yields.
+    shard: (usize, usize),
 }
 
 impl MultiCropLoader {
@@ -132,29 +134,66 @@ impl MultiCropLoader {
                 local_scale: crops.local_scale,
                 global_crops: crops.global_crops,
                 local_crops: crops.local_crops,
+                blur_radius: crops.blur_radius,
             },
             masks: Arc::new(masks),
             batch_size,
             seed,
             pool,
+            shard: (0, 1),
         })
     }
 
-    /// drop_last, as DistributedSampler + DataLoader(drop_last=True) with one process.
+    /// Yield only rank `rank`'s share of every epoch, as `DistributedSampler(num_replicas=world,
+    /// rank=rank)`: the epoch order padded by repeating its head to a multiple of `world`, then
+    /// every `world`-th index from `rank` on. Batch i of all ranks together is then batch i of
+    /// a one-process run with a batch `world` times larger (when `world` divides the data set).
+    pub fn with_shard(mut self, rank: usize, world: usize) -> Result<Self> {
+        if world == 0 || rank >= world {
+            bail!("rank {rank} is outside a world of {world}");
+        }
+        let per_rank = self.dataset.len().div_ceil(world);
+        if per_rank < self.batch_size {
+            bail!(
+                "the data set has {} images: {per_rank} per rank over {world} ranks, fewer than one batch of {}",
+                self.dataset.len(),
+                self.batch_size
+            );
+        }
+        self.shard = (rank, world);
+        Ok(self)
+    }
+
+    /// drop_last, as DistributedSampler + DataLoader(drop_last=True): ⌊⌈N/world⌉/B⌋.
     pub fn batches_per_epoch(&self) -> usize {
-        self.dataset.len() / self.batch_size
+        self.dataset.len().div_ceil(self.shard.1) / self.batch_size
     }
 
     pub fn dataset(&self) -> &Arc<dyn ImageDataset> {
         &self.dataset
     }
 
-    /// Seeded shuffle of an epoch.
+    /// Seeded shuffle of an epoch (the same on every rank).
     pub fn order(&self, epoch: usize) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.dataset.len()).collect();
         let mut rng = ChaCha8Rng::seed_from_u64(mix(self.seed, 0x5EED_0F0D, epoch as u64));
         order.shuffle(&mut rng);
         order
+    }
+
+    /// This rank's indices of an epoch, in order (all of `order` with one rank).
+    pub fn shard_order(&self, epoch: usize) -> Vec<usize> {
+        let (rank, world) = self.shard;
+        let order = self.order(epoch);
+        if world == 1 {
+            return order;
+        }
+        let total = order.len().div_ceil(world) * world;
+        (0..total)
+            .skip(rank)
+            .step_by(world)
+            .map(|i| order[i % order.len()])
+            .collect()
     }
 
     /// Batches `first..` of `epoch`, prepared `prefetch` ahead.
@@ -164,7 +203,7 @@ impl MultiCropLoader {
         first: usize,
         prefetch: usize,
     ) -> Receiver<Result<MultiCropBatch>> {
-        let order = self.order(epoch);
+        let order = self.shard_order(epoch);
         let bs = self.batch_size;
         let chunks: Vec<Vec<usize>> = order
             .chunks_exact(bs)

@@ -59,6 +59,11 @@ impl AdamW {
         AdamW { slots }
     }
 
+    /// The parameters this optimizer updates, in its (fixed) order.
+    pub fn vars(&self) -> impl Iterator<Item = &Var> {
+        self.slots.iter().map(|s| &s.var)
+    }
+
     pub fn names(&self) -> impl Iterator<Item = (&str, bool)> {
         self.slots.iter().map(|s| (s.name.as_str(), s.decay))
     }
@@ -78,7 +83,9 @@ impl AdamW {
             let Some(g) = grads.get(slot.var.as_tensor()) else {
                 continue;
             };
-            let mut g = g.to_dtype(DType::F32)?;
+            // candle leaves a variable's gradient attached to the backward graph (and through it to
+            // the forward activations); a moment built from it would chain every step's graph.
+            let mut g = g.detach().to_dtype(DType::F32)?;
             if clip > 0.0 {
                 let norm = g.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()? as f64;
                 if norm > clip {

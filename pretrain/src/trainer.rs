@@ -19,6 +19,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::checkpoint::{self, TrainState};
+use crate::collective::{all_gather, mean_scalars, Collective, SingleProcess};
 use crate::config::PretrainConfig;
 use crate::loss::IbotLoss;
 use crate::mask::MaskGenerator;
@@ -39,11 +40,34 @@ pub struct Network {
 }
 
 impl Network {
-    fn build(vit: &VitConfig, head: &HeadConfig, vb: VarBuilder) -> Result<Self> {
+    /// `compute` is the GEMM dtype (mixed precision); the weights stay f32.
+    fn build(vit: &VitConfig, head: &HeadConfig, vb: VarBuilder, compute: DType) -> Result<Self> {
         Ok(Network {
-            backbone: VisionTransformer::new(vit, vb.pp("backbone"))?,
-            head: IbotHead::new(head, vb.pp("head"))?,
+            backbone: VisionTransformer::new(vit, vb.pp("backbone"))?.with_compute_dtype(compute),
+            head: IbotHead::new(head, vb.pp("head"))?.with_compute_dtype(compute),
         })
+    }
+}
+
+/// The GEMM dtype of `run.precision` on `device`: `bf16` forces bf16 (also on the CPU, where
+/// candle widens bf16 GEMMs to f32 internally: slow, for tests), `auto` is bf16 on CUDA and f32
+/// elsewhere, `f32` is f32. Master weights, optimizer state, LayerNorm, softmax, GELU, the L2
+/// normalisation, the loss and the centres are f32 in every case.
+pub fn compute_dtype(precision: &str, device: &Device) -> Result<DType> {
+    Ok(match precision {
+        "f32" => DType::F32,
+        "bf16" => DType::BF16,
+        "auto" if device.is_cuda() => DType::BF16,
+        "auto" => DType::F32,
+        other => bail!("run.precision must be auto, f32 or bf16, got {other:?}"),
+    })
+}
+
+fn dtype_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::BF16 => "bf16",
+        DType::F16 => "f16",
+        _ => "f32",
     }
 }
 
@@ -65,6 +89,10 @@ struct Schedules {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
+    /// GEMM precision actually used (`f32` or `bf16`).
+    pub precision: String,
+    /// Data-parallel ranks (1 = one process, one device).
+    pub world_size: usize,
     pub steps: usize,
     pub epoch: usize,
     pub last_loss: Option<f64>,
@@ -90,6 +118,8 @@ pub struct Trainer {
     ema_pairs: Vec<(Var, Var)>,
     state: TrainState,
     grid: usize,
+    comm: Box<dyn Collective>,
+    compute: DType,
 }
 
 fn insert_vars(map: &VarMap, weights: Vec<(String, Tensor)>, device: &Device) -> Result<()> {
@@ -110,8 +140,21 @@ fn sorted_vars(map: &VarMap) -> Vec<(String, Var)> {
 
 impl Trainer {
     pub fn new(cfg: PretrainConfig, opts: RunOptions) -> Result<Self> {
+        Self::with_collective(cfg, opts, Box::new(SingleProcess))
+    }
+
+    /// One rank of a data-parallel run (see [`crate::parallel`]): `opts.device` is this rank's
+    /// device, `opts.out` the run directory shared by all ranks (only rank 0 writes to it), and
+    /// the recipe's `optim.batch_size` is per rank, as the official `batch_size_per_gpu`.
+    pub fn with_collective(
+        cfg: PretrainConfig,
+        opts: RunOptions,
+        comm: Box<dyn Collective>,
+    ) -> Result<Self> {
         cfg.validate()?;
         let device = opts.device.clone();
+        let compute = compute_dtype(&cfg.run.precision, &device)?;
+        let (rank, world) = (comm.rank(), comm.world_size());
         std::fs::create_dir_all(&opts.out)
             .with_context(|| format!("creating {}", opts.out.display()))?;
         let ckpt_path = opts.out.join(CHECKPOINT);
@@ -181,6 +224,7 @@ impl Trainer {
             &s_vit,
             &s_head,
             VarBuilder::from_varmap(&student_vars, DType::F32, &device),
+            compute,
         )?;
         // The teacher reads detached views of its Vars: same storage (EMA updates are visible),
         // no graph recording, so its forward takes the fused inference kernels.
@@ -192,6 +236,7 @@ impl Trainer {
             &t_vit,
             &t_head,
             VarBuilder::from_tensors(detached, DType::F32, &device),
+            compute,
         )?;
 
         let frozen_g = s_head.norm_last_layer;
@@ -219,10 +264,12 @@ impl Trainer {
             cfg.optim.batch_size,
             seed,
             cfg.run.loader_threads,
-        )?;
+        )?
+        .with_shard(rank, world)?;
         let ipe = loader.batches_per_epoch();
         let o = &cfg.optim;
-        let total_batch = o.batch_size as f64;
+        // The official linear scaling rule uses the global batch: per-GPU batch × world size.
+        let total_batch = (o.batch_size * world) as f64;
         let schedules = Schedules {
             lr: cosine_scheduler(
                 o.lr * total_batch / 256.0,
@@ -243,8 +290,16 @@ impl Trainer {
             iters_per_epoch: ipe,
             optimizer_steps: BTreeMap::new(),
             last_loss: None,
+            world_size: world,
         };
         if let Some(saved) = saved {
+            if saved.state.world_size != world {
+                bail!(
+                    "{}: the run was trained on {} rank(s), this one has {world}: the data shards and the lr scaling would change; resume with the same number of ranks",
+                    ckpt_path.display(),
+                    saved.state.world_size
+                );
+            }
             if saved.state.iters_per_epoch != ipe {
                 bail!(
                     "{}: the checkpoint has {} iterations per epoch, this data set gives {ipe}: not the same data",
@@ -293,8 +348,12 @@ impl Trainer {
             ema_pairs,
             state,
             grid,
+            comm,
+            compute,
         };
-        if trainer.opts.resume {
+        if !trainer.comm.is_main() {
+            // Only rank 0 writes to the run directory.
+        } else if trainer.opts.resume {
             trainer.truncate_log()?;
         } else {
             trainer.export_teacher(&trainer.opts.out.join(INIT))?;
@@ -323,7 +382,7 @@ impl Trainer {
     pub fn run(&mut self) -> Result<Summary> {
         let total = self.total_steps();
         let start_step = self.state.step;
-        let bar = if self.opts.progress {
+        let bar = if self.opts.progress && self.comm.is_main() {
             indicatif::ProgressBar::new(total as u64)
         } else {
             indicatif::ProgressBar::hidden()
@@ -336,6 +395,13 @@ impl Trainer {
         let mut step_seconds = Vec::new();
         let mut images = 0usize;
         let ipe = self.state.iters_per_epoch;
+        let world = self.comm.world_size();
+        self.log(json!({
+            "event": "run_start", "step": self.state.step, "epoch": self.state.epoch,
+            "precision": dtype_name(self.compute), "world_size": world,
+            "collective": self.comm.kind(), "device": device_name(&self.device),
+            "batch_size_per_rank": self.cfg.optim.batch_size,
+        }))?;
         'epochs: while self.state.step < total {
             let epoch = self.state.epoch;
             let rx = self.loader.epoch(epoch, self.state.step_in_epoch, 2);
@@ -350,9 +416,9 @@ impl Trainer {
                 let rec = self.train_step(&batch)?;
                 let secs = t0.elapsed().as_secs_f64();
                 step_seconds.push(secs);
-                images += batch.batch;
+                images += batch.batch * world;
                 teacher_pred.extend(rec.teacher_view0.iter().map(|&p| p as i64));
-                truth.extend(batch.labels.iter().map(|&l| l as i64));
+                truth.extend(rec.labels.iter().map(|&l| l as i64));
                 epoch_loss += rec.loss;
                 epoch_steps += 1;
                 let step = self.state.step;
@@ -366,8 +432,9 @@ impl Trainer {
                         "teacher_temp": rec.teacher_temp, "teacher_patch_temp": rec.teacher_patch_temp,
                         "entropy": rec.entropy, "marginal_entropy": rec.batch_entropy,
                         "agreement": rec.agreement, "masked_fraction": rec.masked_fraction,
-                        "images_per_s": batch.batch as f64 / secs, "step_seconds": secs,
+                        "images_per_s": (batch.batch * world) as f64 / secs, "step_seconds": secs,
                         "elapsed_s": started.elapsed().as_secs_f64(),
+                        "rss_mb": resident_mb(),
                         "phase_seconds": rec.phases.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
                     }))?;
                 }
@@ -377,7 +444,7 @@ impl Trainer {
                     rec.cls,
                     rec.patch,
                     rec.lr,
-                    batch.batch as f64 / secs
+                    (batch.batch * world) as f64 / secs
                 ));
                 bar.inc(1);
                 let every = self.cfg.run.checkpoint_every;
@@ -415,6 +482,8 @@ impl Trainer {
         bar.finish_and_clear();
         let seconds = started.elapsed().as_secs_f64();
         let summary = Summary {
+            precision: dtype_name(self.compute).into(),
+            world_size: world,
             steps: self.state.step,
             epoch: self.state.epoch,
             last_loss: self.state.last_loss,
@@ -424,10 +493,12 @@ impl Trainer {
             checkpoint: self.opts.out.join(CHECKPOINT),
             teacher: self.opts.out.join(TEACHER),
         };
-        std::fs::write(
-            self.opts.out.join(SUMMARY),
-            serde_json::to_string_pretty(&summary)? + "\n",
-        )?;
+        if self.comm.is_main() {
+            std::fs::write(
+                self.opts.out.join(SUMMARY),
+                serde_json::to_string_pretty(&summary)? + "\n",
+            )?;
+        }
         Ok(summary)
     }
 
@@ -453,7 +524,9 @@ impl Trainer {
         let (t_cls, t_patch) = self.teacher.head.forward(&t_tokens)?;
 
         timer.lap("teacher");
-        let mut rng = rand::rngs::StdRng::seed_from_u64(mix(cfg.run.seed, 0xD809_9A7B, it as u64));
+        // Drop-path draws differ per rank (rank 0 keeps the one-process stream).
+        let stream = 0xD809_9A7B ^ self.comm.rank() as u64;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(mix(cfg.run.seed, stream, it as u64));
         let mut ctx = TrainCtx { rng: &mut rng };
         let s_tokens =
             self.student
@@ -481,7 +554,7 @@ impl Trainer {
         // Teacher argmax on global view 0 feeds the epoch-end NMI/ARI/FMI monitor.
         let teacher_view0 = t_cls.narrow(0, 0, b)?.argmax(D::Minus1)?.to_vec1::<u32>()?;
 
-        let out = self.loss.forward(
+        let out = self.loss.forward_with(
             &s_cls,
             &s_patch,
             s_local.as_ref(),
@@ -489,13 +562,18 @@ impl Trainer {
             &t_patch,
             &masks,
             epoch,
+            &*self.comm,
         )?;
-        let loss = out.loss.to_dtype(DType::F32)?.to_scalar::<f32>()? as f64;
+        let local = out.loss.to_dtype(DType::F32)?.to_scalar::<f32>()? as f64;
+        // The global-batch loss is the mean of the rank losses (equal batches); every rank sees
+        // the same value, so a non-finite loss stops all ranks at the same step.
+        let local_masked = batch.masks.iter().sum::<f32>() as f64 / batch.masks.len() as f64;
+        let reduced = mean_scalars(&*self.comm, &[local, out.cls, out.patch, local_masked], dev)?;
+        let (loss, cls_loss, patch_loss, masked_fraction) =
+            (reduced[0], reduced[1], reduced[2], reduced[3]);
         if !loss.is_finite() {
             bail!(
-                "loss is {loss} at epoch {epoch}, step {it} (cls {}, patch {}): stopping; the last good checkpoint is {}",
-                out.cls,
-                out.patch,
+                "loss is {loss} at epoch {epoch}, step {it} (cls {cls_loss}, patch {patch_loss}): stopping; the last good checkpoint is {}",
                 self.opts.out.join(CHECKPOINT).display()
             );
         }
@@ -504,8 +582,12 @@ impl Trainer {
             .last_stats()
             .context("the loss recorded no teacher statistics")?;
         timer.lap("loss");
-        let grads = out.loss.backward()?;
+        let mut grads = out.loss.backward()?;
         timer.lap("backward");
+        if self.comm.world_size() > 1 {
+            average_gradients(&*self.comm, &mut grads, &self.optimizer)?;
+            timer.lap("all_reduce");
+        }
         let freeze = epoch < cfg.optim.freeze_last_layer;
         self.optimizer
             .step(&grads, lr, wd, cfg.optim.clip_grad, &|name: &str| {
@@ -518,11 +600,31 @@ impl Trainer {
             t.set(&updated)?;
         }
         timer.lap("ema");
-        let masked_fraction = batch.masks.iter().sum::<f32>() as f64 / batch.masks.len() as f64;
+        // The epoch-end NMI/ARI/FMI monitor sees every rank's images (official concat_all_gather).
+        let (teacher_view0, labels) = if self.comm.world_size() > 1 {
+            let mine: Vec<f64> = teacher_view0
+                .iter()
+                .map(|&p| p as f64)
+                .chain(batch.labels.iter().map(|&l| l as f64))
+                .collect();
+            let all = all_gather(&*self.comm, &Tensor::from_vec(mine, (1, 2 * b), dev)?)?
+                .to_vec2::<f64>()?;
+            let preds = all
+                .iter()
+                .flat_map(|r| r[..b].iter().map(|&p| p as u32))
+                .collect();
+            let labels = all
+                .iter()
+                .flat_map(|r| r[b..].iter().map(|&l| l as usize))
+                .collect();
+            (preds, labels)
+        } else {
+            (teacher_view0, batch.labels.clone())
+        };
         Ok(StepRecord {
             loss,
-            cls: out.cls,
-            patch: out.patch,
+            cls: cls_loss,
+            patch: patch_loss,
             lr,
             wd,
             momentum,
@@ -533,11 +635,16 @@ impl Trainer {
             agreement: stats.agreement.unwrap_or(f64::NAN),
             masked_fraction,
             teacher_view0,
+            labels,
             phases: timer.phases,
         })
     }
 
+    /// Appends one JSON line to the run log (rank 0 only).
     fn log(&self, value: serde_json::Value) -> Result<()> {
+        if !self.comm.is_main() {
+            return Ok(());
+        }
         let path = self.opts.out.join(LOG);
         let mut f = OpenOptions::new()
             .create(true)
@@ -560,6 +667,12 @@ impl Trainer {
                 let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
                     return false;
                 };
+                if v.get("event").and_then(|e| e.as_str()) == Some("run_start") {
+                    return v
+                        .get("step")
+                        .and_then(|s| s.as_u64())
+                        .is_some_and(|s| (s as usize) < self.state.step);
+                }
                 match (v.get("event"), v.get("step"), v.get("epoch")) {
                     (Some(_), _, Some(e)) => {
                         e.as_u64().is_some_and(|e| (e as usize) < self.state.epoch)
@@ -580,7 +693,11 @@ impl Trainer {
         Ok(())
     }
 
+    /// Checkpoint and teacher export (rank 0 only: the ranks hold identical weights).
     fn save(&self) -> Result<()> {
+        if !self.comm.is_main() {
+            return Ok(());
+        }
         let mut tensors = Vec::new();
         for (prefix, map) in [
             ("student", &self.student_vars),
@@ -681,8 +798,49 @@ struct StepRecord {
     batch_entropy: f64,
     agreement: f64,
     masked_fraction: f64,
+    /// Teacher argmax on global view 0 and the labels, of the global batch.
     teacher_view0: Vec<u32>,
+    labels: Vec<usize>,
     phases: Vec<(&'static str, f64)>,
+}
+
+fn device_name(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
+/// DDP: every trainable parameter's gradient replaced by its mean over the ranks, before the
+/// per-parameter clipping and the AdamW step. One flat all-reduce for all of them.
+fn average_gradients(
+    comm: &dyn Collective,
+    grads: &mut candle_core::backprop::GradStore,
+    optimizer: &AdamW,
+) -> Result<()> {
+    let world = comm.world_size() as f64;
+    let present: Vec<(Var, Tensor)> = optimizer
+        .vars()
+        .filter_map(|v| grads.get(v.as_tensor()).map(|g| (v.clone(), g.clone())))
+        .collect();
+    if present.is_empty() {
+        return Ok(());
+    }
+    let flat: Vec<Tensor> = present
+        .iter()
+        .map(|(_, g)| g.to_dtype(DType::F32)?.flatten_all())
+        .collect::<candle_core::Result<_>>()?;
+    let summed = comm.all_reduce_sum(&Tensor::cat(&flat, 0)?)?;
+    let mean = (summed / world)?;
+    let mut offset = 0;
+    for (var, g) in present {
+        let n = g.elem_count();
+        let avg = mean.narrow(0, offset, n)?.reshape(g.shape())?;
+        grads.insert(var.as_tensor(), avg);
+        offset += n;
+    }
+    Ok(())
 }
 
 /// Seconds spent in each phase of a step (logged, so slow phases show up in real runs).
@@ -704,4 +862,11 @@ impl PhaseTimer {
         self.phases.push((name, (now - self.last).as_secs_f64()));
         self.last = now;
     }
+}
+
+/// Resident memory of this process in MiB (Linux), logged per step so that growth shows.
+fn resident_mb() -> Option<f64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: f64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096.0 / (1024.0 * 1024.0))
 }

@@ -1,17 +1,16 @@
 //! `ibot eval cluster`: unsupervised classification — iBOT's head argmax and k-means on L2-normalised
 //! features, scored with ACC (Hungarian) / NMI / ARI / FMI; `ibot bench kmeans`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use ndarray::{Array2, Axis};
-use ndarray_npy::WriteNpyExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{check_rows, progress_bar, read_features, read_labels, EvalContext};
+use super::{check_rows, read_features, read_labels, EvalContext};
 
 /// Confusion matrices up to this many classes and clusters go into result.json; a larger one (1000 ×
 /// 1000 on ImageNet) would be a million JSON lines and unreadable as a plot, so only its size is noted.
@@ -250,7 +249,7 @@ pub fn evaluate(ctx: &EvalContext, opts: &ClusterOptions) -> anyhow::Result<Valu
         manifest: manifest.into(),
         split: split_name(opts.split),
     };
-    cluster_inputs(inputs, opts)
+    cluster_inputs(inputs, opts, ctx.progress)
 }
 
 /// iBOT/DINO heads end in `last_layer`; a backbone-only export has no such key.
@@ -292,7 +291,11 @@ fn l2_normalised(mut x: Array2<f32>) -> Array2<f32> {
 }
 
 /// Runs the selected methods on loaded inputs and builds result.json.
-fn cluster_inputs(inputs: Inputs, opts: &ClusterOptions) -> anyhow::Result<Value> {
+fn cluster_inputs(
+    inputs: Inputs,
+    opts: &ClusterOptions,
+    progress: &features::Progress,
+) -> anyhow::Result<Value> {
     let Inputs {
         features,
         logits,
@@ -315,12 +318,12 @@ fn cluster_inputs(inputs: Inputs, opts: &ClusterOptions) -> anyhow::Result<Value
         }
         k_used = Some(k);
         let x = l2_normalised(x);
-        let bar = progress_bar(opts.restarts, "k-means restarts")?;
+        let bar = progress.bar(opts.restarts as u64, "k-means restarts");
         let start = Instant::now();
         let r = cluster::kmeans_with_progress(x.view(), k, &opts.kmeans(), &|_| bar.inc(1))
             .context("k-means")?;
         let seconds = start.elapsed().as_secs_f64();
-        bar.finish_and_clear();
+        drop(bar);
         if r.distinct_clusters < k {
             notes.push(format!(
                 "kmeans: only {} distinct clusters of {k} (duplicate points)",
@@ -346,7 +349,7 @@ fn cluster_inputs(inputs: Inputs, opts: &ClusterOptions) -> anyhow::Result<Value
                 "head: out_dim {k} ≠ {classes} classes; clusters cannot map one-to-one to classes \
                  (ACC uses a rectangular Hungarian matching)"
             );
-            eprintln!("warning: {msg}");
+            progress.println(format!("warning: {msg}"));
             notes.push(msg);
         }
         let pred = cluster::argmax_rows(logits.view());
@@ -413,22 +416,6 @@ fn confusion_entry(entry: &mut Value, s: &cluster::Scores) {
     }
 }
 
-/// Atomically writes result.json into `dir`.
-fn write_result(dir: &Path, result: &Value) -> anyhow::Result<PathBuf> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = dir.join("result.json");
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    std::io::Write::write_all(
-        tmp.as_file_mut(),
-        (serde_json::to_string_pretty(result)? + "\n").as_bytes(),
-    )
-    .with_context(|| format!("writing {}", path.display()))?;
-    tmp.persist(&path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
-}
-
 /// Short table in percent.
 fn table(result: &Value) -> String {
     let cfg = &result["config"];
@@ -491,15 +478,17 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<()> {
             model: &model,
             data: &data,
             store: &store,
+            progress: &features::Progress::standalone(),
         };
         evaluate(&ctx, &opts)?
     } else {
-        cluster_inputs(read_inputs(&args, &opts)?, &opts)?
+        cluster_inputs(
+            read_inputs(&args, &opts)?,
+            &opts,
+            &features::Progress::standalone(),
+        )?
     };
-    let path = write_result(&args.out, &result)?;
-    print!("{}", table(&result));
-    eprintln!("wrote {}", path.display());
-    Ok(())
+    super::finish(&args.out, &result, &table(&result))
 }
 
 /// `--features/--labels/--logits` mode.
@@ -588,14 +577,8 @@ pub fn run_bench(args: BenchKmeansArgs) -> anyhow::Result<()> {
         cluster::synthetic::blobs(args.seed, args.n, args.dim, args.k, args.noise, true);
     if let Some(dir) = &args.out_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let path = dir.join("x.npy");
-        let file =
-            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-        x.write_npy(std::io::BufWriter::new(file))
-            .with_context(|| format!("writing {}", path.display()))?;
-        let path = dir.join("labels.txt");
-        let text: String = truth.iter().map(|l| format!("{l}\n")).collect();
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        super::write_npy(&dir.join("x.npy"), &x)?;
+        super::write_labels(&dir.join("labels.txt"), &truth)?;
     }
     let opts = cluster::KmeansOptions {
         restarts: args.restarts,

@@ -2,7 +2,7 @@
 //! features, on a checkpoint's cached features, or in the official augmented mode (every epoch's
 //! RandomResizedCrop + flip images forwarded through the frozen backbone); and `ibot bench linear`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,7 +13,7 @@ use ndarray::{Array2, ArrayView2, Axis};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{check_rows, progress_bar, read_features, read_labels, EvalContext};
+use super::{CheckpointArgs, EvalContext, PrecomputedArgs};
 use linear::{LinearError, ProbeConfig, Sweep};
 
 #[derive(Args)]
@@ -23,44 +23,17 @@ use linear::{LinearError, ProbeConfig, Sweep};
         .args(["train_features", "checkpoint"])
 ))]
 pub struct LinearArgs {
-    /// Precomputed mode — train features: a 2-D float32/float64 .npy array, one row per sample.
-    #[arg(
-        long,
-        requires_all = ["train_labels", "test_features", "test_labels"],
-        conflicts_with_all = ["checkpoint", "data", "checkpoint_key", "arch", "features", "cache", "augment"]
-    )]
-    pub train_features: Option<PathBuf>,
-    /// Precomputed mode — train labels: one non-negative integer per line, in row order.
-    #[arg(long, requires = "train_features")]
-    train_labels: Option<PathBuf>,
-    /// Precomputed mode — test (val) features with the train features' dimension.
-    #[arg(long, requires = "train_features")]
-    test_features: Option<PathBuf>,
-    /// Precomputed mode — test (val) labels.
-    #[arg(long, requires = "train_features")]
-    test_labels: Option<PathBuf>,
-    /// Checkpoint mode — the frozen model (.pth or .safetensors).
-    #[arg(long, requires = "data")]
-    checkpoint: Option<PathBuf>,
-    /// Checkpoint mode — data config (configs/data/*.toml).
-    #[arg(long, requires = "checkpoint")]
-    data: Option<PathBuf>,
-    /// Checkpoint mode — sub-dict holding the weights (default: auto).
-    #[arg(long, requires = "checkpoint")]
-    checkpoint_key: Option<String>,
-    /// Checkpoint mode — architecture preset; inferred from the shapes when omitted.
-    #[arg(long, requires = "checkpoint")]
-    arch: Option<String>,
+    #[command(flatten)]
+    precomputed: PrecomputedArgs,
+    #[command(flatten)]
+    model: CheckpointArgs,
     /// Checkpoint mode — feature layout (cls, cls-last-N, cls+avg, …). Default as iBOT's run.sh:
     /// cls-last-4 for embed dim ≤ 384 (ViT-S/T), cls+avg otherwise (ViT-B/L).
-    #[arg(long, requires = "checkpoint")]
+    #[arg(long, requires = "checkpoint", conflicts_with = "train_features")]
     features: Option<features::FeatureSpec>,
-    /// Checkpoint mode — feature cache directory (default as `ibot eval knn`).
-    #[arg(long, requires = "checkpoint")]
-    cache: Option<PathBuf>,
     /// Checkpoint mode — the official training mode: every epoch, RandomResizedCrop(crop) + flip
     /// train images go through the frozen backbone (slow; hold-out and val use cached eval features).
-    #[arg(long, requires = "checkpoint")]
+    #[arg(long, requires = "checkpoint", conflicts_with = "train_features")]
     augment: bool,
     /// Heads: `full` = 45 lrs × wd {0, 1e-6} × {sgd, lars} (180), `lr-only` = the 45 SGD wd-0 heads.
     #[arg(long, default_value = "full")]
@@ -139,90 +112,28 @@ pub fn run(args: LinearArgs) -> anyhow::Result<()> {
         features: args.features.clone(),
         augment: args.augment,
     };
-    let result = match (&args.train_features, &args.checkpoint, &args.data) {
-        (Some(train_features), _, _) => {
-            let (Some(train_labels), Some(test_features), Some(test_labels)) =
-                (&args.train_labels, &args.test_features, &args.test_labels)
-            else {
-                bail!("--train-features, --train-labels, --test-features and --test-labels go together");
-            };
-            evaluate_precomputed(
-                train_features,
-                train_labels,
-                test_features,
-                test_labels,
-                &opts,
-            )?
-        }
-        (None, Some(checkpoint), Some(data_path)) => {
-            let data = features::DataConfig::load(data_path)?;
-            let model = features::ModelSource {
-                checkpoint: checkpoint.clone(),
-                key: args.checkpoint_key.clone(),
-                arch: args.arch.clone(),
-            };
-            let cache = args
-                .cache
-                .clone()
-                .unwrap_or_else(super::knn::default_cache_dir);
-            let store = features::FeatureStore::new(cache);
-            let ctx = EvalContext {
-                model: &model,
-                data: &data,
-                store: &store,
-            };
-            let mut result = evaluate(&ctx, &opts)?;
-            result["manifest"]["data_config"] = json!(data_path.display().to_string());
-            result
-        }
-        _ => bail!("give --train-features … or --checkpoint … --data …"),
+    let result = match args.precomputed.load()? {
+        Some(p) => evaluate_precomputed(p, &opts)?,
+        None => args.model.evaluate(None, |ctx| evaluate(ctx, &opts))?,
     };
-    write_result(&args.out, &result)?;
-    print!("{}", table(&result));
-    eprintln!("wrote {}", args.out.join("result.json").display());
-    Ok(())
+    super::finish(&args.out, &result, &table(&result))
 }
 
-fn evaluate_precomputed(
-    train_features: &Path,
-    train_labels: &Path,
-    test_features: &Path,
-    test_labels: &Path,
-    opts: &LinearOptions,
-) -> anyhow::Result<Value> {
-    let (train, train_entry) = read_features(train_features)?;
-    let (train_y, train_labels_entry) = read_labels(train_labels)?;
-    let (test, test_entry) = read_features(test_features)?;
-    let (test_y, test_labels_entry) = read_labels(test_labels)?;
-    check_rows(train_features, train.nrows(), train_labels, train_y.len())?;
-    check_rows(test_features, test.nrows(), test_labels, test_y.len())?;
-    if train.ncols() != test.ncols() {
-        bail!(
-            "{} has feature dimension {} but {} has {}",
-            test_features.display(),
-            test.ncols(),
-            train_features.display(),
-            train.ncols()
-        );
-    }
-    let (report, shape) = run_probe(train.view(), &train_y, test.view(), &test_y, opts)
-        .with_context(|| {
-            format!(
-                "linear probe on {} (train) and {} (test)",
-                train_features.display(),
-                test_features.display()
-            )
-        })?;
+fn evaluate_precomputed(p: super::Precomputed, opts: &LinearOptions) -> anyhow::Result<Value> {
+    let progress = features::Progress::standalone();
+    let (report, shape) = run_probe(
+        p.train.view(),
+        &p.train_labels,
+        p.test.view(),
+        &p.test_labels,
+        opts,
+        &progress,
+    )
+    .with_context(|| format!("linear probe {}", p.what))?;
     Ok(json!({
         "linear": report,
         "config": config_json(opts, &shape, "precomputed (used as given, no normalisation)"),
-        "manifest": {
-            "train_features": train_entry,
-            "train_labels": train_labels_entry,
-            "test_features": test_entry,
-            "test_labels": test_labels_entry,
-            "ibot_version": env!("CARGO_PKG_VERSION"),
-        },
+        "manifest": p.manifest,
     }))
 }
 
@@ -233,12 +144,13 @@ pub fn run_probe(
     val: ArrayView2<f32>,
     val_labels: &[usize],
     opts: &LinearOptions,
+    progress: &features::Progress,
 ) -> anyhow::Result<(linear::Report, linear::ProbeShape)> {
     let cfg = opts.probe_config();
     let (train_idx, _, _) = linear::plan(&cfg, train_labels, val_labels)?;
     let batch = cfg.batch_size.clamp(1, train_idx.len().max(1));
     let steps = opts.epochs * train_idx.len().div_ceil(batch);
-    let bar = progress_bar(steps, &format!("linear ({} heads)", cfg.heads.len()))?;
+    let bar = progress.bar(steps as u64, format!("linear ({} heads)", cfg.heads.len()));
     let out = linear::probe(
         train,
         train_labels,
@@ -258,7 +170,7 @@ pub fn run_probe(
             }
         },
     )?;
-    bar.finish_and_clear();
+    drop(bar);
     Ok(out)
 }
 
@@ -312,12 +224,7 @@ pub fn evaluate(ctx: &EvalContext, opts: &LinearOptions) -> anyhow::Result<Value
         Some(s) => s.clone(),
         None => default_spec(ctx.model)?,
     };
-    let train = ctx
-        .store
-        .get(ctx.model, ctx.data, features::Split::Train, &spec)?;
-    let val = ctx
-        .store
-        .get(ctx.model, ctx.data, features::Split::Val, &spec)?;
+    let (train, val) = ctx.train_val(&spec)?;
     let what = || {
         format!(
             "linear probe of {} on '{}'",
@@ -335,6 +242,7 @@ pub fn evaluate(ctx: &EvalContext, opts: &LinearOptions) -> anyhow::Result<Value
             val.x.view(),
             &val.labels,
             opts,
+            ctx.progress,
         )
         .with_context(what)?;
         (r, s, "cached")
@@ -479,7 +387,7 @@ fn augmented_probe(
     };
     let mut heads = linear::Heads::new(train.x.ncols(), classes, cfg.heads.clone(), cfg.seed);
     let steps = cfg.epochs * train_idx.len().div_ceil(batch_size);
-    let bar = progress_bar(steps, "linear (augmented)")?;
+    let bar = ctx.progress.bar(steps as u64, "linear (augmented)");
     let history = linear::train_sweep(
         &mut heads,
         &linear::TrainConfig {
@@ -502,7 +410,7 @@ fn augmented_probe(
             }
         },
     )?;
-    bar.finish_and_clear();
+    drop(bar);
     let shape = linear::ProbeShape {
         train_rows: train_idx.len(),
         holdout_rows: holdout_y.len(),
@@ -516,19 +424,6 @@ fn augmented_probe(
         linear::Report::new(&cfg.heads, batch_size, classes, &history),
         shape,
     ))
-}
-
-/// Atomically writes `out/result.json`.
-pub(super) fn write_result(out: &Path, result: &Value) -> anyhow::Result<()> {
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let path = out.join("result.json");
-    let tmp = tempfile::NamedTempFile::new_in(out)
-        .with_context(|| format!("{}: cannot create a temporary file", out.display()))?;
-    std::fs::write(tmp.path(), serde_json::to_string_pretty(result)? + "\n")
-        .with_context(|| format!("writing {}", path.display()))?;
-    tmp.persist(&path)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    Ok(())
 }
 
 fn pct(v: &Value) -> String {

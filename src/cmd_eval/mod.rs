@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use ndarray::Array2;
 use ndarray_npy::{ReadNpyError, ReadNpyExt, WriteNpyExt};
 use serde_json::{json, Value};
@@ -23,6 +23,19 @@ pub struct EvalContext<'a> {
     pub model: &'a features::ModelSource,
     pub data: &'a features::DataConfig,
     pub store: &'a features::FeatureStore,
+    /// Where the protocol's bars go (under `ibot suite`'s display, or on their own).
+    pub progress: &'a features::Progress,
+}
+
+impl EvalContext<'_> {
+    /// The (train, val) features of one layout, from the cache or extracted into it.
+    pub fn train_val(
+        &self,
+        spec: &features::FeatureSpec,
+    ) -> anyhow::Result<(features::Features, features::Features)> {
+        let get = |split| self.store.get(self.model, self.data, split, spec);
+        Ok((get(features::Split::Train)?, get(features::Split::Val)?))
+    }
 }
 
 #[derive(Subcommand)]
@@ -78,13 +91,176 @@ pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
     }
 }
 
-pub fn progress_bar(len: usize, message: &str) -> anyhow::Result<indicatif::ProgressBar> {
-    let bar = indicatif::ProgressBar::new(len as u64);
-    bar.set_style(indicatif::ProgressStyle::with_template(
-        "{msg} {bar:40} {pos}/{len} [{elapsed} < {eta}]",
-    )?);
-    bar.set_message(message.to_string());
-    Ok(bar)
+/// Precomputed mode of `ibot eval knn|linear|semisup`: features extracted elsewhere.
+#[derive(Args)]
+pub struct PrecomputedArgs {
+    /// Precomputed mode — train features: a 2-D float32/float64 .npy array, one row per sample.
+    #[arg(
+        long,
+        requires_all = ["train_labels", "test_features", "test_labels"],
+        conflicts_with_all = ["checkpoint", "data", "checkpoint_key", "arch", "cache"]
+    )]
+    pub train_features: Option<PathBuf>,
+    /// Precomputed mode — train labels: one non-negative integer per line, in row order.
+    #[arg(long, requires = "train_features")]
+    pub train_labels: Option<PathBuf>,
+    /// Precomputed mode — test (val) features: a 2-D float32/float64 .npy array with the train
+    /// features' dimension.
+    #[arg(long, requires = "train_features")]
+    pub test_features: Option<PathBuf>,
+    /// Precomputed mode — test (val) labels: one non-negative integer per line, in row order.
+    #[arg(long, requires = "train_features")]
+    pub test_labels: Option<PathBuf>,
+}
+
+/// Precomputed features and labels, checked against each other, with their manifest.
+pub struct Precomputed {
+    pub train: Array2<f32>,
+    pub train_labels: Vec<usize>,
+    pub test: Array2<f32>,
+    pub test_labels: Vec<usize>,
+    /// `train_features`, `train_labels`, `test_features`, `test_labels` entries and `ibot_version`.
+    pub manifest: Value,
+    /// "on TRAIN (train) and TEST (test)", for error contexts.
+    pub what: String,
+}
+
+impl PrecomputedArgs {
+    /// The four inputs, or `None` when the command runs in checkpoint mode.
+    pub fn load(&self) -> anyhow::Result<Option<Precomputed>> {
+        let Some(train_features) = &self.train_features else {
+            return Ok(None);
+        };
+        let (Some(train_labels), Some(test_features), Some(test_labels)) =
+            (&self.train_labels, &self.test_features, &self.test_labels)
+        else {
+            bail!(
+                "--train-features, --train-labels, --test-features and --test-labels go together"
+            );
+        };
+        let (train, train_entry) = read_features(train_features)?;
+        let (train_y, train_labels_entry) = read_labels(train_labels)?;
+        let (test, test_entry) = read_features(test_features)?;
+        let (test_y, test_labels_entry) = read_labels(test_labels)?;
+        check_rows(train_features, train.nrows(), train_labels, train_y.len())?;
+        check_rows(test_features, test.nrows(), test_labels, test_y.len())?;
+        if train.ncols() != test.ncols() {
+            bail!(
+                "{} has feature dimension {} but {} has {}",
+                test_features.display(),
+                test.ncols(),
+                train_features.display(),
+                train.ncols()
+            );
+        }
+        Ok(Some(Precomputed {
+            train,
+            train_labels: train_y,
+            test,
+            test_labels: test_y,
+            manifest: json!({
+                "train_features": train_entry,
+                "train_labels": train_labels_entry,
+                "test_features": test_entry,
+                "test_labels": test_labels_entry,
+                "ibot_version": env!("CARGO_PKG_VERSION"),
+            }),
+            what: format!(
+                "on {} (train) and {} (test)",
+                train_features.display(),
+                test_features.display()
+            ),
+        }))
+    }
+}
+
+/// Checkpoint mode of `ibot eval knn|linear|semisup`: features extracted from a frozen model and
+/// cached by the feature store.
+#[derive(Args)]
+pub struct CheckpointArgs {
+    /// Checkpoint mode — the frozen model (.pth or .safetensors); its train and val features are
+    /// extracted with the data config's transform and cached.
+    #[arg(long, requires = "data")]
+    pub checkpoint: Option<PathBuf>,
+    /// Checkpoint mode — data config (configs/data/*.toml).
+    #[arg(long, requires = "checkpoint")]
+    pub data: Option<PathBuf>,
+    /// Checkpoint mode — sub-dict holding the weights (default: teacher, then state_dict, model,
+    /// module, else the whole file).
+    #[arg(long, requires = "checkpoint")]
+    pub checkpoint_key: Option<String>,
+    /// Checkpoint mode — architecture preset (vit_tiny|vit_small|vit_base|vit_large[/8|/16]);
+    /// inferred from the shapes when omitted.
+    #[arg(long, requires = "checkpoint")]
+    pub arch: Option<String>,
+    /// Checkpoint mode — feature cache directory (default: $IBOT_CACHE/features, else
+    /// $XDG_CACHE_HOME/ibot/features, else ~/.cache/ibot/features). Entries are keyed by the
+    /// checkpoint's sha256, the image list, the transform and the layout, so one cache can be
+    /// shared by every run and protocol.
+    #[arg(long, requires = "checkpoint")]
+    pub cache: Option<PathBuf>,
+}
+
+impl CheckpointArgs {
+    /// Runs `evaluate` on the checkpoint and data config (bars on stderr, features from the
+    /// cache); the result's manifest records the data config file. `batch_size`: images per
+    /// forward pass, the store's default when `None`.
+    pub fn evaluate(
+        &self,
+        batch_size: Option<usize>,
+        evaluate: impl FnOnce(&EvalContext) -> anyhow::Result<Value>,
+    ) -> anyhow::Result<Value> {
+        let (Some(checkpoint), Some(data_path)) = (&self.checkpoint, &self.data) else {
+            bail!("give --train-features … or --checkpoint … --data …");
+        };
+        let data = features::DataConfig::load(data_path)?;
+        let model = features::ModelSource {
+            checkpoint: checkpoint.clone(),
+            key: self.checkpoint_key.clone(),
+            arch: self.arch.clone(),
+        };
+        let cache = self.cache.clone().unwrap_or_else(knn::default_cache_dir);
+        let mut store = features::FeatureStore::new(cache);
+        if let Some(b) = batch_size {
+            store = store.with_batch_size(b);
+        }
+        let ctx = EvalContext {
+            model: &model,
+            data: &data,
+            store: &store,
+            progress: &features::Progress::standalone(),
+        };
+        let mut result = evaluate(&ctx)?;
+        result["manifest"]["data_config"] = json!(data_path.display().to_string());
+        Ok(result)
+    }
+}
+
+/// The end of every `ibot eval` command: `out/result.json` written atomically, the short table on
+/// stdout, where it went on stderr.
+pub fn finish(out: &Path, result: &Value, table: &str) -> anyhow::Result<()> {
+    let path = out.join("result.json");
+    crate::report::write_atomic(
+        &path,
+        (serde_json::to_string_pretty(result)? + "\n").as_bytes(),
+    )?;
+    print!("{table}");
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
+/// A 2-D array as .npy (benchmark cases for the Python reference scripts).
+pub fn write_npy(path: &Path, x: &Array2<f32>) -> anyhow::Result<()> {
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    x.write_npy(std::io::BufWriter::new(file))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// One label per line.
+pub fn write_labels(path: &Path, labels: &[usize]) -> anyhow::Result<()> {
+    let text: String = labels.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
 pub fn check_rows(features: &Path, rows: usize, labels: &Path, count: usize) -> anyhow::Result<()> {
@@ -236,21 +412,8 @@ fn write_case(
     test_labels: &[usize],
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    for (name, features) in [("train.npy", train), ("test.npy", test)] {
-        let path = dir.join(name);
-        let file =
-            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-        features
-            .write_npy(std::io::BufWriter::new(file))
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    for (name, labels) in [
-        ("train_labels.txt", train_labels),
-        ("test_labels.txt", test_labels),
-    ] {
-        let path = dir.join(name);
-        let text: String = labels.iter().map(|l| format!("{l}\n")).collect();
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
+    write_npy(&dir.join("train.npy"), train)?;
+    write_npy(&dir.join("test.npy"), test)?;
+    write_labels(&dir.join("train_labels.txt"), train_labels)?;
+    write_labels(&dir.join("test_labels.txt"), test_labels)
 }

@@ -2,7 +2,7 @@
 //! TRAIN (class-balanced 1% / 10%, or SimCLR split files) it runs logistic regression (tasks/semisup),
 //! weighted k-NN (tasks/knn) and the linear-probe sweep (tasks/linear) on the split, scored on full val.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{ArgGroup, Args};
@@ -10,8 +10,8 @@ use ndarray::{Array2, Axis};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use super::linear::{run_probe, write_result, LinearOptions};
-use super::{check_rows, read_bytes, read_features, read_labels, EvalContext};
+use super::linear::{run_probe, LinearOptions};
+use super::{check_rows, read_bytes, CheckpointArgs, EvalContext, PrecomputedArgs};
 
 /// One protocol run on each split.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,39 +51,15 @@ impl std::str::FromStr for Protocol {
         .args(["train_features", "checkpoint"])
 ))]
 pub struct SemisupArgs {
-    /// Precomputed mode — features of the FULL train set (.npy, one row per image); splits are
-    /// drawn from these rows.
-    #[arg(
-        long,
-        requires_all = ["train_labels", "test_features", "test_labels"],
-        conflicts_with_all = ["checkpoint", "data", "checkpoint_key", "arch", "cache"]
-    )]
-    pub train_features: Option<PathBuf>,
-    /// Precomputed mode — train labels, one per line in row order.
-    #[arg(long, requires = "train_features")]
-    train_labels: Option<PathBuf>,
-    /// Precomputed mode — val features.
-    #[arg(long, requires = "train_features")]
-    test_features: Option<PathBuf>,
-    /// Precomputed mode — val labels.
-    #[arg(long, requires = "train_features")]
-    test_labels: Option<PathBuf>,
+    // Precomputed mode: the train features are those of the FULL train set; the splits are drawn
+    // from their rows.
+    #[command(flatten)]
+    precomputed: PrecomputedArgs,
     /// Precomputed mode — one file name per train row (needed by --split-file).
     #[arg(long, requires = "train_features")]
     train_names: Option<PathBuf>,
-    /// Checkpoint mode — the frozen model.
-    #[arg(long, requires = "data")]
-    checkpoint: Option<PathBuf>,
-    /// Checkpoint mode — data config (configs/data/*.toml); the splits are drawn from its train split.
-    #[arg(long, requires = "checkpoint")]
-    data: Option<PathBuf>,
-    #[arg(long, requires = "checkpoint")]
-    checkpoint_key: Option<String>,
-    #[arg(long, requires = "checkpoint")]
-    arch: Option<String>,
-    /// Checkpoint mode — feature cache directory (default as `ibot eval knn`).
-    #[arg(long, requires = "checkpoint")]
-    cache: Option<PathBuf>,
+    #[command(flatten)]
+    model: CheckpointArgs,
     /// Label percentages: class-balanced, deterministic (seeded) subsets of TRAIN.
     #[arg(long, value_delimiter = ',', default_values_t = [1.0, 10.0])]
     percent: Vec<f64>,
@@ -178,93 +154,41 @@ pub fn run(args: SemisupArgs) -> anyhow::Result<()> {
         },
         ..SemisupOptions::default()
     };
-    let result = match (&args.train_features, &args.checkpoint, &args.data) {
-        (Some(train_features), _, _) => precomputed(&args, train_features, &opts)?,
-        (None, Some(checkpoint), Some(data_path)) => {
-            let data = features::DataConfig::load(data_path)?;
-            let model = features::ModelSource {
-                checkpoint: checkpoint.clone(),
-                key: args.checkpoint_key.clone(),
-                arch: args.arch.clone(),
-            };
-            let store = features::FeatureStore::new(
-                args.cache
-                    .clone()
-                    .unwrap_or_else(super::knn::default_cache_dir),
-            );
-            let ctx = EvalContext {
-                model: &model,
-                data: &data,
-                store: &store,
-            };
-            let mut result = evaluate(&ctx, &opts)?;
-            result["manifest"]["data_config"] = json!(data_path.display().to_string());
-            result
-        }
-        _ => bail!("give --train-features … or --checkpoint … --data …"),
+    let result = match args.precomputed.load()? {
+        Some(p) => precomputed(p, &args, &opts)?,
+        None => args.model.evaluate(None, |ctx| evaluate(ctx, &opts))?,
     };
-    write_result(&args.out, &result)?;
-    print!("{}", table(&result));
-    eprintln!("wrote {}", args.out.join("result.json").display());
-    Ok(())
+    super::finish(&args.out, &result, &table(&result))
 }
 
 fn precomputed(
+    p: super::Precomputed,
     args: &SemisupArgs,
-    train_features: &Path,
     opts: &SemisupOptions,
 ) -> anyhow::Result<Value> {
-    let (Some(train_labels), Some(test_features), Some(test_labels)) =
-        (&args.train_labels, &args.test_features, &args.test_labels)
-    else {
-        bail!("--train-features, --train-labels, --test-features and --test-labels go together");
-    };
-    let (train, train_entry) = read_features(train_features)?;
-    let (train_y, train_labels_entry) = read_labels(train_labels)?;
-    let (test, test_entry) = read_features(test_features)?;
-    let (test_y, test_labels_entry) = read_labels(test_labels)?;
-    check_rows(train_features, train.nrows(), train_labels, train_y.len())?;
-    check_rows(test_features, test.nrows(), test_labels, test_y.len())?;
-    if train.ncols() != test.ncols() {
-        bail!(
-            "{} has feature dimension {} but {} has {}",
-            test_features.display(),
-            test.ncols(),
-            train_features.display(),
-            train.ncols()
-        );
-    }
-    let mut manifest = json!({
-        "train_features": train_entry,
-        "train_labels": train_labels_entry,
-        "test_features": test_entry,
-        "test_labels": test_labels_entry,
-        "ibot_version": env!("CARGO_PKG_VERSION"),
-    });
+    let mut manifest = p.manifest;
     let names = match &args.train_names {
         Some(path) => {
             let (bytes, entry) = read_bytes(path)?;
             let text = String::from_utf8(bytes)
                 .map_err(|_| anyhow::anyhow!("{}: not UTF-8 text", path.display()))?;
-            let names: Vec<String> = text
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(String::from)
-                .collect();
-            check_rows(train_features, train.nrows(), path, names.len())?;
+            let names = semisup::name_lines(&text);
+            if let Some(features) = &args.precomputed.train_features {
+                check_rows(features, p.train.nrows(), path, names.len())?;
+            }
             manifest["train_names"] = entry;
             Some(names)
         }
         None => None,
     };
     let inputs = Inputs {
-        train: &train,
-        train_labels: &train_y,
-        val: &test,
-        val_labels: &test_y,
+        train: &p.train,
+        train_labels: &p.train_labels,
+        val: &p.test,
+        val_labels: &p.test_labels,
         linear: None,
         names: names.as_deref(),
+        progress: &features::Progress::standalone(),
     };
     let (body, split_manifest) = evaluate_splits(&inputs, opts)?;
     manifest["splits"] = split_manifest;
@@ -285,6 +209,7 @@ struct Inputs<'a> {
     linear: Option<(&'a Array2<f32>, &'a Array2<f32>)>,
     /// File name per train row, for split files.
     names: Option<&'a [String]>,
+    progress: &'a features::Progress,
 }
 
 fn evaluate_splits(inputs: &Inputs, opts: &SemisupOptions) -> anyhow::Result<(Value, Value)> {
@@ -346,6 +271,7 @@ fn evaluate_splits(inputs: &Inputs, opts: &SemisupOptions) -> anyhow::Result<(Va
                         lv.view(),
                         inputs.val_labels,
                         &lopts,
+                        inputs.progress,
                     )
                     .with_context(what)?;
                     serde_json::to_value(report)?
@@ -374,7 +300,9 @@ fn logreg(
         seed: opts.seed,
         solver: opts.solver,
     };
-    let bar = super::progress_bar(cfg.lambdas.len() + 1, &format!("logreg {name}"))?;
+    let bar = inputs
+        .progress
+        .bar(cfg.lambdas.len() as u64 + 1, format!("logreg {name}"));
     let report = semisup::logistic_regression(
         x.view(),
         labels,
@@ -386,7 +314,7 @@ fn logreg(
             bar.inc(1)
         },
     )?;
-    bar.finish_and_clear();
+    drop(bar);
     Ok(serde_json::to_value(report)?)
 }
 
@@ -448,12 +376,7 @@ fn config_json(opts: &SemisupOptions, features: &str) -> Value {
 
 /// Semi-supervised evaluation of one checkpoint on one data set: the whole result.json body.
 pub fn evaluate(ctx: &EvalContext, opts: &SemisupOptions) -> anyhow::Result<Value> {
-    let train = ctx
-        .store
-        .get(ctx.model, ctx.data, features::Split::Train, &opts.features)?;
-    let val = ctx
-        .store
-        .get(ctx.model, ctx.data, features::Split::Val, &opts.features)?;
+    let (train, val) = ctx.train_val(&opts.features)?;
     let linear_features = if opts.protocols.contains(&Protocol::Linear) {
         let spec = match &opts.linear.features {
             Some(s) => s.clone(),
@@ -462,12 +385,7 @@ pub fn evaluate(ctx: &EvalContext, opts: &SemisupOptions) -> anyhow::Result<Valu
         if spec == opts.features {
             None
         } else {
-            Some((
-                ctx.store
-                    .get(ctx.model, ctx.data, features::Split::Train, &spec)?,
-                ctx.store
-                    .get(ctx.model, ctx.data, features::Split::Val, &spec)?,
-            ))
+            Some(ctx.train_val(&spec)?)
         }
     } else {
         None
@@ -493,6 +411,7 @@ pub fn evaluate(ctx: &EvalContext, opts: &SemisupOptions) -> anyhow::Result<Valu
         val_labels: &val.labels,
         linear: linear_features.as_ref().map(|(t, v)| (&t.x, &v.x)),
         names: names.as_deref(),
+        progress: ctx.progress,
     };
     let (body, split_manifest) = evaluate_splits(&inputs, opts).with_context(|| {
         format!(

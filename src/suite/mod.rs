@@ -46,10 +46,17 @@ pub struct SuiteArgs {
     /// Recompute every task even where a matching result exists.
     #[arg(long)]
     force: bool,
+    /// Hide the progress display (log lines still go to stderr, and one JSON line per unit to
+    /// DIR/suite.log.jsonl).
+    #[arg(long)]
+    quiet: bool,
 }
 
 /// One finished (task, checkpoint): what `results/<checkpoint>/<task>.json` holds.
 const RECORD_VERSION: u64 = 1;
+
+/// The per-unit JSON-lines log in the report directory.
+pub const UNIT_LOG: &str = "suite.log.jsonl";
 
 pub fn run(args: SuiteArgs) -> anyhow::Result<()> {
     let started = report::now_rfc3339();
@@ -77,11 +84,15 @@ pub fn run(args: SuiteArgs) -> anyhow::Result<()> {
     let data_sha256 = sha256_hex(serde_json::to_string(&data_json)?.as_bytes());
 
     let total = suite.tasks.len() * checkpoints.len();
-    let overall = indicatif::ProgressBar::new(total as u64);
+    let display = features::progress::display(args.quiet);
+    let overall = display.add(indicatif::ProgressBar::new(total as u64));
     overall.set_style(indicatif::ProgressStyle::with_template(
-        "suite {prefix} {bar:30} {pos}/{len} tasks [{elapsed}] {msg}",
+        "suite {prefix} {bar:30} {pos}/{len} units [{elapsed} < {eta}] {msg}",
     )?);
     overall.set_prefix(suite.file.name.clone());
+    let progress = features::Progress::under(&display);
+    let store = store.with_progress(progress.clone());
+    let mut log = UnitLog::open(&args.out, total, progress.clone())?;
 
     let mut results: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
     let mut wall: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
@@ -98,13 +109,15 @@ pub fn run(args: SuiteArgs) -> anyhow::Result<()> {
             model: &model,
             data: &suite.data,
             store: &store,
+            progress: &progress,
         };
         for (task, table) in &suite.tasks {
             n += 1;
             let label = format!("[{n}/{total}] {task} · {}", ckpt.name);
-            overall.set_message(label.clone());
+            overall.set_message(format!("{} · {task}", ckpt.name));
             let Some(options) = &effective[task] else {
-                say(&overall, format!("{label}: not available in this build"));
+                log.unit(task, &ckpt.name, "not_available", None, None);
+                progress.println(format!("{label}: not available in this build"));
                 results.entry(task.to_string()).or_default().insert(
                     ckpt.name.clone(),
                     json!({"status": "not_available", "reason": protocols::unavailable_reason(task)}),
@@ -127,7 +140,8 @@ pub fn run(args: SuiteArgs) -> anyhow::Result<()> {
                 .join(format!("{task}.json"));
             if !args.force {
                 if let Some(record) = read_record(&record_path, &inputs_key) {
-                    say(&overall, format!("{label}: done earlier, skipped"));
+                    log.unit(task, &ckpt.name, "skipped", None, None);
+                    progress.println(format!("{label}: done earlier, skipped"));
                     wall.entry(task.to_string()).or_default().insert(
                         ckpt.name.clone(),
                         record["wall_seconds"].as_f64().unwrap_or(0.0),
@@ -141,15 +155,12 @@ pub fn run(args: SuiteArgs) -> anyhow::Result<()> {
                     continue;
                 }
             }
-            say(&overall, format!("{label} …"));
+            progress.println(format!("{label} …"));
             let task_started = report::now_rfc3339();
             let clock = Instant::now();
-            // The protocol's own progress bars draw while ours is out of the way.
-            let outcome = overall.suspend(|| {
-                std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    protocols::run(task, table, &ctx, &ckpt.name, &args.out)
-                }))
-            });
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                protocols::run(task, table, &ctx, &ckpt.name, &args.out)
+            }));
             let seconds = clock.elapsed().as_secs_f64();
             let entry = match outcome {
                 Ok(Ok(Outcome::Done(body))) => {
@@ -172,16 +183,19 @@ pub fn run(args: SuiteArgs) -> anyhow::Result<()> {
                         .or_default()
                         .insert(ckpt.name.clone(), seconds);
                     ran += 1;
-                    say(&overall, format!("{label}: done in {seconds:.1} s"));
+                    log.unit(task, &ckpt.name, "done", Some(seconds), None);
+                    progress.println(format!("{label}: done in {seconds:.1} s"));
                     record["result"].clone()
                 }
                 Ok(Ok(Outcome::NotAvailable(reason))) => {
-                    say(&overall, format!("{label}: {reason}"));
+                    log.unit(task, &ckpt.name, "not_available", Some(seconds), None);
+                    progress.println(format!("{label}: {reason}"));
                     json!({"status": "not_available", "reason": reason})
                 }
                 Ok(Err(e)) => {
                     let msg = format!("{e:#}");
-                    say(&overall, format!("{label}: FAILED: {msg}"));
+                    log.unit(task, &ckpt.name, "failed", Some(seconds), Some(&msg));
+                    progress.println(format!("{label}: FAILED: {msg}"));
                     failures.push(format!("{task} · {}: {msg}", ckpt.name));
                     json!({"status": "failed", "error": msg})
                 }
@@ -191,7 +205,8 @@ pub fn run(args: SuiteArgs) -> anyhow::Result<()> {
                         .cloned()
                         .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                         .unwrap_or_else(|| "panicked".to_string());
-                    say(&overall, format!("{label}: FAILED (internal error): {msg}"));
+                    log.unit(task, &ckpt.name, "failed", Some(seconds), Some(&msg));
+                    progress.println(format!("{label}: FAILED (internal error): {msg}"));
                     failures.push(format!("{task} · {}: internal error: {msg}", ckpt.name));
                     json!({"status": "failed", "error": format!("internal error: {msg}")})
                 }
@@ -204,6 +219,7 @@ pub fn run(args: SuiteArgs) -> anyhow::Result<()> {
         }
     }
     overall.finish_and_clear();
+    display.remove(&overall);
 
     let seeds: BTreeMap<&str, Value> = effective
         .iter()
@@ -347,11 +363,66 @@ fn sha256_hex(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))
 }
 
-/// A persistent log line: above the bar on a terminal, plain stderr otherwise (logs, CI, tests).
-fn say(bar: &indicatif::ProgressBar, line: String) {
-    if bar.is_hidden() {
-        eprintln!("{line}");
-    } else {
-        bar.println(line);
+/// `DIR/suite.log.jsonl`: one JSON line per (checkpoint, task) unit as it ends, appended across runs,
+/// so scripts and CI can follow a run whose display is hidden (not a terminal, or `--quiet`).
+struct UnitLog {
+    file: std::fs::File,
+    path: PathBuf,
+    run_started: String,
+    total: usize,
+    done: usize,
+    progress: features::Progress,
+}
+
+impl UnitLog {
+    fn open(dir: &Path, total: usize, progress: features::Progress) -> anyhow::Result<Self> {
+        let path = dir.join(UNIT_LOG);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("{}: cannot open for appending", path.display()))?;
+        Ok(UnitLog {
+            file,
+            path,
+            run_started: report::now_rfc3339(),
+            total,
+            done: 0,
+            progress,
+        })
+    }
+
+    /// `status`: done (ran now), skipped (done earlier), failed, not_available.
+    fn unit(
+        &mut self,
+        task: &str,
+        checkpoint: &str,
+        status: &str,
+        seconds: Option<f64>,
+        error: Option<&str>,
+    ) {
+        use std::io::Write;
+        self.done += 1;
+        let mut line = json!({
+            "time": report::now_rfc3339(),
+            "run_started": self.run_started,
+            "done": self.done,
+            "total": self.total,
+            "checkpoint": checkpoint,
+            "task": task,
+            "status": status,
+        });
+        if let Some(s) = seconds {
+            line["seconds"] = json!(s);
+        }
+        if let Some(e) = error {
+            line["error"] = json!(e);
+        }
+        // The log is a convenience next to the records that make the run resumable: failing to
+        // append is worth a warning, not the run.
+        if let Err(e) = writeln!(self.file, "{line}").and_then(|_| self.file.flush()) {
+            self.progress
+                .println(format!("warning: {}: {e}", self.path.display()));
+        }
     }
 }

@@ -19,34 +19,24 @@ mod heads;
 pub mod report;
 mod train;
 
+use data::labelled::check_labelled_set;
 use ndarray::{ArrayView2, Axis};
 
+pub use data::labelled::LabelledSetError;
+pub use data::splits::holdout_split;
 pub use grid::{grid, official_grid, official_lrs, HeadConfig, Optimizer, Sweep};
 pub use heads::{Correct, Heads, LARS_ETA, MOMENTUM};
 pub use report::Report;
 pub use train::{
-    cosine_lr, epoch_order, fixed_order_epoch, holdout_split, train_sweep, CachedBatches,
-    EpochScores, EvalSet, Progress, TrainBatches, TrainConfig, Visit,
+    cosine_lr, epoch_order, fixed_order_epoch, train_sweep, CachedBatches, EpochScores, EvalSet,
+    Progress, TrainBatches, TrainConfig, Visit,
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinearError {
-    #[error("{set} features have {rows} rows but {labels} labels")]
-    LabelCount {
-        set: &'static str,
-        rows: usize,
-        labels: usize,
-    },
-    #[error("train features have dimension {train} but {set} features {other}")]
-    DimMismatch {
-        set: &'static str,
-        train: usize,
-        other: usize,
-    },
-    #[error("{0} set is empty")]
-    Empty(&'static str),
-    #[error("{set} features: row {row} contains NaN or infinity")]
-    NonFinite { set: &'static str, row: usize },
+    /// Empty, misaligned, mis-sized or non-finite features.
+    #[error(transparent)]
+    Features(#[from] LabelledSetError),
     #[error("{0}")]
     Config(String),
     /// A failure of the batch source (image decoding, backbone forward …).
@@ -93,41 +83,6 @@ pub struct ProbeShape {
     pub batch_size: usize,
 }
 
-/// Checks a labelled feature set against the train dimension.
-pub fn validate(
-    set: &'static str,
-    x: ArrayView2<f32>,
-    labels: &[usize],
-    dim: Option<usize>,
-) -> Result<(), LinearError> {
-    if x.nrows() == 0 {
-        return Err(LinearError::Empty(set));
-    }
-    if x.nrows() != labels.len() {
-        return Err(LinearError::LabelCount {
-            set,
-            rows: x.nrows(),
-            labels: labels.len(),
-        });
-    }
-    if let Some(train) = dim {
-        if x.ncols() != train {
-            return Err(LinearError::DimMismatch {
-                set,
-                train,
-                other: x.ncols(),
-            });
-        }
-    }
-    if let Some(row) = x
-        .axis_iter(Axis(0))
-        .position(|r| r.iter().any(|v| !v.is_finite()))
-    {
-        return Err(LinearError::NonFinite { set, row });
-    }
-    Ok(())
-}
-
 /// The hold-out split and the classifier shape for a probe: (train rows, hold-out rows, classes).
 pub fn plan(
     cfg: &ProbeConfig,
@@ -172,8 +127,13 @@ pub fn probe(
     cfg: &ProbeConfig,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<(Report, ProbeShape), LinearError> {
-    validate("train", train_x, train_labels, None)?;
-    validate("val", val_x, val_labels, Some(train_x.ncols()))?;
+    let dim = train_x.ncols();
+    for (set, x, labels, train_dim) in [
+        ("train", train_x.view(), train_labels.len(), None),
+        ("val", val_x.view(), val_labels.len(), Some(dim)),
+    ] {
+        check_labelled_set(set, x.dim(), x.iter().copied(), labels, train_dim)?;
+    }
     let (train_idx, holdout_idx, classes) = plan(cfg, train_labels, val_labels)?;
     let pick = |idx: &[usize]| {
         (

@@ -187,39 +187,6 @@ pub fn train_sweep(
     Ok(history)
 }
 
-/// A class-balanced hold-out: from each class, `max(1, round(n_c · fraction))` rows (at most `n_c − 1`,
-/// so every class keeps a training row), drawn with a per-class seeded shuffle. Returns (train, holdout)
-/// row indices, each ascending.
-pub fn holdout_split(labels: &[usize], fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
-    let classes = labels.iter().max().map_or(0, |&m| m + 1);
-    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
-    for (i, &l) in labels.iter().enumerate() {
-        by_class[l].push(i);
-    }
-    let mut held = Vec::new();
-    for (class, members) in by_class.iter_mut().enumerate() {
-        // At least one row of every class that has two, so small splits still get a selection set.
-        let k = ((members.len() as f64 * fraction).round() as usize)
-            .max(1)
-            .min(members.len().saturating_sub(1));
-        if k == 0 {
-            continue;
-        }
-        let mut rng = ChaCha8Rng::seed_from_u64(
-            seed ^ (class as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03),
-        );
-        members.shuffle(&mut rng);
-        held.extend_from_slice(&members[..k]);
-    }
-    held.sort_unstable();
-    let mut is_held = vec![false; labels.len()];
-    for &i in &held {
-        is_held[i] = true;
-    }
-    let train = (0..labels.len()).filter(|&i| !is_held[i]).collect();
-    (train, held)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,22 +196,6 @@ mod tests {
         assert_eq!(cosine_lr(0.4, 0, 10), 0.4);
         assert!((cosine_lr(0.4, 5, 10) - 0.2).abs() < 1e-15);
         assert!(cosine_lr(0.4, 9, 10) > 0.0);
-    }
-
-    #[test]
-    fn holdout_is_balanced_and_keeps_every_class() {
-        let labels: Vec<usize> = (0..100).map(|i| if i < 90 { i % 3 } else { 3 }).collect();
-        let (train, held) = holdout_split(&labels, 0.1, 0);
-        assert_eq!(train.len() + held.len(), 100);
-        let count = |c| held.iter().filter(|&&i| labels[i] == c).count();
-        assert_eq!((count(0), count(1), count(2), count(3)), (3, 3, 3, 1));
-        let (_, again) = holdout_split(&labels, 0.1, 0);
-        assert_eq!(held, again);
-        let (_, other) = holdout_split(&labels, 0.1, 1);
-        assert_ne!(held, other);
-        // A class with one row stays in training.
-        let (train, held) = holdout_split(&[0, 0, 0, 0, 1], 0.5, 0);
-        assert!(train.contains(&4) && held.len() == 2);
     }
 
     #[test]

@@ -9,30 +9,20 @@
 pub mod logreg;
 mod splits;
 
+use data::labelled::check_labelled_set;
 use ndarray::{ArrayView2, Axis};
 use serde::Serialize;
 
+pub use data::labelled::LabelledSetError;
+pub use data::splits::holdout_split;
 pub use logreg::{fit, l2_normalized, objective_and_gradient, Fit, Solver};
-pub use splits::{holdout_split, names_split, percent_split, read_split_file};
+pub use splits::{name_lines, names_split, percent_split, read_split_file};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SemisupError {
-    #[error("{set} features have {rows} rows but {labels} labels")]
-    LabelCount {
-        set: &'static str,
-        rows: usize,
-        labels: usize,
-    },
-    #[error("train features have dimension {train} but {set} features {other}")]
-    DimMismatch {
-        set: &'static str,
-        train: usize,
-        other: usize,
-    },
-    #[error("{0} set is empty")]
-    Empty(&'static str),
-    #[error("{set} features: row {row} contains NaN or infinity")]
-    NonFinite { set: &'static str, row: usize },
+    /// Empty, misaligned, mis-sized or non-finite features.
+    #[error(transparent)]
+    Features(#[from] LabelledSetError),
     #[error("{0}")]
     Config(String),
     #[error("{0}")]
@@ -115,40 +105,6 @@ pub fn accuracy(scores: ArrayView2<f64>, labels: &[usize]) -> (usize, usize) {
     (top1, top5)
 }
 
-pub fn check_features(
-    set: &'static str,
-    x: ArrayView2<f32>,
-    labels: &[usize],
-    dim: Option<usize>,
-) -> Result<(), SemisupError> {
-    if x.nrows() == 0 {
-        return Err(SemisupError::Empty(set));
-    }
-    if x.nrows() != labels.len() {
-        return Err(SemisupError::LabelCount {
-            set,
-            rows: x.nrows(),
-            labels: labels.len(),
-        });
-    }
-    if let Some(train) = dim {
-        if train != x.ncols() {
-            return Err(SemisupError::DimMismatch {
-                set,
-                train,
-                other: x.ncols(),
-            });
-        }
-    }
-    if let Some(row) = x
-        .axis_iter(Axis(0))
-        .position(|r| r.iter().any(|v| !v.is_finite()))
-    {
-        return Err(SemisupError::NonFinite { set, row });
-    }
-    Ok(())
-}
-
 /// The logistic-regression protocol on one split: λ chosen on the hold-out, refit on the whole split,
 /// scored on val. `progress` is called once per fit (λ count + 1 fits).
 pub fn logistic_regression(
@@ -159,8 +115,13 @@ pub fn logistic_regression(
     cfg: &LogRegConfig,
     progress: &mut dyn FnMut(&str),
 ) -> Result<LogRegReport, SemisupError> {
-    check_features("train", train_x, train_labels, None)?;
-    check_features("val", val_x, val_labels, Some(train_x.ncols()))?;
+    let dim = train_x.ncols();
+    for (set, x, labels, train_dim) in [
+        ("train", train_x.view(), train_labels.len(), None),
+        ("val", val_x.view(), val_labels.len(), Some(dim)),
+    ] {
+        check_labelled_set(set, x.dim(), x.iter().copied(), labels, train_dim)?;
+    }
     if cfg.lambdas.is_empty() {
         return Err(SemisupError::Config("no λ to try".into()));
     }

@@ -27,7 +27,7 @@ use argmin::solver::quasinewton::LBFGS;
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 use rayon::prelude::*;
 
-use crate::SemisupError;
+use crate::{LabelledSetError, SemisupError};
 
 /// Solver settings.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -210,14 +210,15 @@ pub fn fit<'a>(
     solver: &Solver,
 ) -> Result<Fit, SemisupError> {
     if x.nrows() == 0 {
-        return Err(SemisupError::Empty("logistic-regression training"));
+        return Err(LabelledSetError::Empty("logistic-regression training").into());
     }
     if x.nrows() != labels.len() {
-        return Err(SemisupError::LabelCount {
+        return Err(LabelledSetError::LabelCount {
             set: "train",
             rows: x.nrows(),
             labels: labels.len(),
-        });
+        }
+        .into());
     }
     if let Some(&bad) = labels.iter().find(|&&l| l >= classes) {
         return Err(SemisupError::Config(format!(

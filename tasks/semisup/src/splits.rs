@@ -4,9 +4,6 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use data::splits::{balanced_subset, SplitSize};
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 
 use crate::SemisupError;
 
@@ -29,18 +26,22 @@ pub fn percent_split(
     ))
 }
 
+/// The non-empty lines of a list of file names, trimmed.
+pub fn name_lines(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect()
+}
+
 /// Non-empty, trimmed lines of a split file (SimCLR `1percent.txt`: one train file name per line).
 pub fn read_split_file(path: &Path) -> Result<Vec<String>, SemisupError> {
     let text = std::fs::read_to_string(path).map_err(|e| SemisupError::SplitFile {
         path: path.display().to_string(),
         message: e.to_string(),
     })?;
-    let names: Vec<String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(String::from)
-        .collect();
+    let names = name_lines(&text);
     if names.is_empty() {
         return Err(SemisupError::SplitFile {
             path: path.display().to_string(),
@@ -97,38 +98,6 @@ pub fn names_split(
     rows.sort_unstable();
     rows.dedup();
     Ok(rows)
-}
-
-/// A class-balanced hold-out for choosing λ: `max(1, round(n_c · fraction))` rows per class, at most
-/// `n_c − 1`.
-/// Returns (fit rows, hold-out rows), each ascending.
-pub fn holdout_split(labels: &[usize], fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
-    let classes = labels.iter().max().map_or(0, |&m| m + 1);
-    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
-    for (i, &l) in labels.iter().enumerate() {
-        by_class[l].push(i);
-    }
-    let mut held = Vec::new();
-    for (class, members) in by_class.iter_mut().enumerate() {
-        // At least one row of every class that has two, so small splits still get a selection set.
-        let k = ((members.len() as f64 * fraction).round() as usize)
-            .max(1)
-            .min(members.len().saturating_sub(1));
-        if k == 0 {
-            continue;
-        }
-        let mut rng = ChaCha8Rng::seed_from_u64(
-            seed ^ (class as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03),
-        );
-        members.shuffle(&mut rng);
-        held.extend_from_slice(&members[..k]);
-    }
-    held.sort_unstable();
-    let mut is_held = vec![false; labels.len()];
-    for &i in &held {
-        is_held[i] = true;
-    }
-    ((0..labels.len()).filter(|&i| !is_held[i]).collect(), held)
 }
 
 #[cfg(test)]
