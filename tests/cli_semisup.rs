@@ -168,3 +168,68 @@ fn bad_inputs_fail_with_reasons() {
     assert!(err.contains("unknown protocol \"svm\""), "{err}");
     assert!(!out.join("result.json").exists());
 }
+
+/// Checkpoint mode: a SimCLR-style split file names train images of an image-folder data set by
+/// file name (with or without their class directory); features come from the frozen ViT.
+#[test]
+fn checkpoint_mode_split_file_selects_images_by_name() {
+    let c = TempCase::new();
+    common::save_random_vit(&c.p("vit.safetensors"), &common::tiny_vit(16, 32), 5);
+    common::write_image_folder(&c.p("images/train"), 6, 1);
+    common::write_image_folder(&c.p("images/val"), 3, 2);
+    // SimCLR's lists hold unique file names (n01440764_10026.JPEG); make ours unique too.
+    for class in ["red", "green", "blue"] {
+        let dir = c.p("images/train").join(class);
+        for i in 0..6 {
+            let from = dir.join(format!("{i:02}.png"));
+            std::fs::rename(from, dir.join(format!("{class}_{i:02}.png"))).unwrap();
+        }
+    }
+    common::write_data_config(&c.p("tiny.toml"), "images/train", "images/val");
+    let args = |split: &str, out: &str| {
+        let (vit, data, cache) = (c.p("vit.safetensors"), c.p("tiny.toml"), c.p("cache"));
+        let (split, out) = (c.p(split), c.p(out));
+        common::strings(&[
+            "eval",
+            "semisup",
+            "--checkpoint",
+            s(&vit),
+            "--data",
+            s(&data),
+            "--cache",
+            s(&cache),
+            "--percent",
+            "50",
+            "--holdout",
+            "0",
+            "--protocols",
+            "logreg,knn",
+            "--k",
+            "3",
+            "--split-file",
+            s(&split),
+            "--out",
+            s(&out),
+        ])
+    };
+    let listed =
+        "red_00.png\nred_03.png\ngreen/green_01.png\ngreen_04.png\nblue_02.png\nblue_05.png\n";
+    std::fs::write(c.p("two_each.txt"), listed).unwrap();
+    ok(&args("two_each.txt", "out"));
+    let r = result(&c.p("out"));
+    let split = &r["semisup"]["two_each.txt"];
+    assert_eq!(split["train_images"], 6);
+    for protocol in ["logreg", "knn"] {
+        let top1 = split[protocol]["top1"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&top1), "{protocol} top1 {top1}");
+    }
+    assert_eq!(r["semisup"]["50%"]["train_images"], 9);
+
+    // A listed file that is not in the training set is named in the error.
+    std::fs::write(c.p("bad.txt"), "red_00.png\nnot_there.png\n").unwrap();
+    let err = failure(&args("bad.txt", "out-bad"));
+    assert!(
+        err.contains("bad.txt") && err.contains("not_there.png"),
+        "{err}"
+    );
+}

@@ -129,7 +129,7 @@ pub fn task_table(report: &Report, task: &str) -> Option<Table> {
         ),
         "semisup" => (
             "Semi-supervised",
-            "Top-1 in % with 1% / 10% of the train labels (frozen features).",
+            "Top-1 in % with the given share of the train labels (class-balanced splits; frozen features).",
             semisup_specs(&bodies),
         ),
         "cluster" => (
