@@ -16,6 +16,16 @@ fn recipe_path() -> PathBuf {
 }
 
 /// The tiny recipe with TOML text substitutions applied.
+/// `pretrain --config CONFIG --out OUT EXTRA…`
+fn pretrain_args(config: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args = common::strings(&["pretrain", "--config"]);
+    args.push(config.to_str().unwrap().to_string());
+    args.push("--out".to_string());
+    args.push(out.to_str().unwrap().to_string());
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
 fn variant(dir: &Path, name: &str, replace: &[(&str, &str)]) -> PathBuf {
     let mut text = std::fs::read_to_string(recipe_path()).unwrap();
     for (from, to) in replace {
@@ -48,40 +58,23 @@ fn resume_reproduces_the_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();
     let full = dir.path().join("full");
     let split = dir.path().join("split");
-    let (full_s, split_s) = (full.to_str().unwrap(), split.to_str().unwrap());
-    ok(&[
-        "pretrain",
-        "--config",
-        RECIPE,
-        "--out",
-        full_s,
-        "--quiet",
-        "--max-steps",
-        "11",
-    ]);
+    ok(&pretrain_args(
+        Path::new(RECIPE),
+        &full,
+        &["--quiet", "--max-steps", "11"],
+    ));
     // Stops mid-epoch (4 steps per epoch), then resumes.
-    ok(&[
-        "pretrain",
-        "--config",
-        RECIPE,
-        "--out",
-        split_s,
-        "--quiet",
-        "--max-steps",
-        "6",
-    ]);
+    ok(&pretrain_args(
+        Path::new(RECIPE),
+        &split,
+        &["--quiet", "--max-steps", "6"],
+    ));
     assert_eq!(losses(&split.join("log.jsonl")).len(), 6);
-    ok(&[
-        "pretrain",
-        "--config",
-        RECIPE,
-        "--out",
-        split_s,
-        "--quiet",
-        "--max-steps",
-        "11",
-        "--resume",
-    ]);
+    ok(&pretrain_args(
+        Path::new(RECIPE),
+        &split,
+        &["--quiet", "--max-steps", "11", "--resume"],
+    ));
     let a = losses(&full.join("log.jsonl"));
     let b = losses(&split.join("log.jsonl"));
     assert_eq!(a.len(), 11);
@@ -140,14 +133,7 @@ fn training_learns_on_generated_scenes() {
         ],
     );
     let out = dir.path().join("run");
-    ok(&[
-        "pretrain",
-        "--config",
-        recipe.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--quiet",
-    ]);
+    ok(&pretrain_args(&recipe, &out, &["--quiet"]));
     let l = losses(&out.join("log.jsonl"));
     assert_eq!(l.len(), 160);
     assert!(l.iter().all(|v| v.is_finite()));
@@ -166,16 +152,11 @@ fn training_learns_on_generated_scenes() {
 fn teacher_export_loads_in_the_backbone_tools() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
-    ok(&[
-        "pretrain",
-        "--config",
-        RECIPE,
-        "--out",
-        out.to_str().unwrap(),
-        "--quiet",
-        "--max-steps",
-        "2",
-    ]);
+    ok(&pretrain_args(
+        Path::new(RECIPE),
+        &out,
+        &["--quiet", "--max-steps", "2"],
+    ));
     for file in [
         "teacher.safetensors",
         "init.safetensors",
@@ -198,13 +179,7 @@ fn bad_recipes_and_misuse_give_clear_errors() {
         "unknown.toml",
         &[("[optim]", "[optim]\nlearning_rate = 1.0")],
     );
-    let err = fails(&[
-        "pretrain",
-        "--config",
-        unknown.to_str().unwrap(),
-        "--out",
-        dir.path().join("a").to_str().unwrap(),
-    ]);
+    let err = fails(&pretrain_args(&unknown, &dir.path().join("a"), &[]));
     assert!(
         err.contains("unknown.toml") && err.contains("learning_rate"),
         "{err}"
@@ -215,40 +190,21 @@ fn bad_recipes_and_misuse_give_clear_errors() {
         "crop.toml",
         &[("local_size = 16", "local_size = 12")],
     );
-    let err = fails(&[
-        "pretrain",
-        "--config",
-        bad_crop.to_str().unwrap(),
-        "--out",
-        dir.path().join("b").to_str().unwrap(),
-    ]);
+    let err = fails(&pretrain_args(&bad_crop, &dir.path().join("b"), &[]));
     assert!(err.contains("multiples of the patch size"), "{err}");
 
     let out = dir.path().join("run");
-    let out_s = out.to_str().unwrap();
-    let err = fails(&["pretrain", "--config", RECIPE, "--out", out_s, "--resume"]);
+    let err = fails(&pretrain_args(Path::new(RECIPE), &out, &["--resume"]));
     assert!(err.contains("nothing to resume"), "{err}");
-    ok(&[
-        "pretrain",
-        "--config",
-        RECIPE,
-        "--out",
-        out_s,
-        "--quiet",
-        "--max-steps",
-        "1",
-    ]);
-    let err = fails(&["pretrain", "--config", RECIPE, "--out", out_s, "--quiet"]);
+    ok(&pretrain_args(
+        Path::new(RECIPE),
+        &out,
+        &["--quiet", "--max-steps", "1"],
+    ));
+    let err = fails(&pretrain_args(Path::new(RECIPE), &out, &["--quiet"]));
     assert!(err.contains("--resume"), "{err}");
     let other = variant(dir.path(), "other.toml", &[("lr = 5e-4", "lr = 1e-3")]);
-    let err = fails(&[
-        "pretrain",
-        "--config",
-        other.to_str().unwrap(),
-        "--out",
-        out_s,
-        "--resume",
-    ]);
+    let err = fails(&pretrain_args(&other, &out, &["--resume"]));
     assert!(err.contains("optim.lr"), "{err}");
 }
 
@@ -268,14 +224,7 @@ fn a_diverging_run_stops_and_keeps_the_last_good_checkpoint() {
         ],
     );
     let out = dir.path().join("run");
-    let err = fails(&[
-        "pretrain",
-        "--config",
-        recipe.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--quiet",
-    ]);
+    let err = fails(&pretrain_args(&recipe, &out, &["--quiet"]));
     assert!(
         err.contains("loss is") && err.contains("last good checkpoint"),
         "{err}"

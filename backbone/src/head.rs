@@ -495,18 +495,8 @@ pub fn load_head(
     let mut weights = HashMap::new();
     for ((name, _), (_, t)) in found.iter().zip(tensors) {
         let t = t.to_dtype(DType::F32)?;
-        let bad = t
-            .flatten_all()?
-            .to_vec1::<f32>()?
-            .iter()
-            .filter(|v| !v.is_finite())
-            .count();
-        if bad > 0 {
-            bail!(
-                "{}: head tensor {name} has {bad} non-finite values",
-                path.display()
-            );
-        }
+        crate::checkpoint::check_finite(&t)
+            .with_context(|| format!("{}: head tensor {name}", path.display()))?;
         weights.insert(name.clone(), t);
     }
     // Inference reads g as stored; report whether it is the frozen unit norm.

@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Result, Tensor, D};
 use serde::{Deserialize, Serialize};
 
-use crate::collective::{mean_scalars, Collective, SingleProcess};
+use crate::collective::{mean_scalars, Collective};
 use crate::schedule::teacher_temp_schedule;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -201,37 +201,14 @@ impl IbotLoss {
         self.last_stats
     }
 
-    /// The iBOT loss of one step with the CURRENT centres, then the centre update (world size 1).
+    /// The iBOT loss of one step with the CURRENT centres, then the centre update.
     /// Layout is crop-major: rows c·B..(c+1)·B−1 belong to crop c. `masks` [G·B, N] holds 0/1.
+    /// On one rank of a data-parallel group the loss is this rank's (DDP averages the gradients),
+    /// the centre update uses the batch sums all-reduced over `comm` divided by (local rows ×
+    /// world size) as the official `update_center`, and the teacher statistics describe the
+    /// global batch; pass [`crate::collective::SingleProcess`] for one process.
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
-        &mut self,
-        student_global_cls: &Tensor,
-        student_global_patch: &Tensor,
-        student_local_cls: Option<&Tensor>,
-        teacher_cls: &Tensor,
-        teacher_patch: &Tensor,
-        masks: &Tensor,
-        epoch: usize,
-    ) -> Result<LossOutput> {
-        self.forward_with(
-            student_global_cls,
-            student_global_patch,
-            student_local_cls,
-            teacher_cls,
-            teacher_patch,
-            masks,
-            epoch,
-            &SingleProcess,
-        )
-    }
-
-    /// [`IbotLoss::forward`] on one rank of a data-parallel group: the loss is this rank's
-    /// (DDP averages the gradients), the centre update uses the batch sums all-reduced over
-    /// `comm` divided by (local rows × world size) as the official `update_center`, and the
-    /// teacher statistics describe the global batch.
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward_with(
         &mut self,
         student_global_cls: &Tensor,
         student_global_patch: &Tensor,

@@ -554,7 +554,7 @@ impl Trainer {
         // Teacher argmax on global view 0 feeds the epoch-end NMI/ARI/FMI monitor.
         let teacher_view0 = t_cls.narrow(0, 0, b)?.argmax(D::Minus1)?.to_vec1::<u32>()?;
 
-        let out = self.loss.forward_with(
+        let out = self.loss.forward(
             &s_cls,
             &s_patch,
             s_local.as_ref(),

@@ -3,6 +3,8 @@
 //! tokens and every trainable weight; every Var gets a gradient; seeded init; loading heads from
 //! official full checkpoints and from our safetensors exports, next to a strict backbone load.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -11,6 +13,7 @@ use backbone::head::{infer_head_config, init_head_weights, load_head, HeadConfig
 use backbone::{Checkpoint, LoadSpec, VitConfig};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
+use common::{rel_err, values};
 use serde_json::Value;
 
 fn fixture(name: &str) -> PathBuf {
@@ -23,25 +26,6 @@ fn backbone_fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../backbone/tests/fixtures")
         .join(name)
-}
-
-fn values(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims());
-    let (a, b) = (values(a), values(b));
-    let scale = b.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
-    a.iter()
-        .zip(&b)
-        .fold(0f64, |m, (x, y)| m.max((x - y).abs()))
-        / scale
 }
 
 /// A head whose weights are trainable Vars (how the trainer builds it).

@@ -3,10 +3,14 @@
 //! steps and epochs (temperature warm-up, held patch temperature, empty and full masks, G=2 with
 //! and without local crops, separate patch prototypes).
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor, Var, D};
+use common::{rel_err, values};
+use pretrain::collective::SingleProcess;
 use pretrain::loss::{IbotLoss, LossConfig};
 use serde_json::Value;
 
@@ -54,26 +58,6 @@ fn config(case: &Value) -> LossConfig {
     }
 }
 
-fn values(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-/// max |a − b| / max |b| (relative to the tensor's scale, so tiny entries do not dominate).
-fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-    let (a, b) = (values(a), values(b));
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
-    a.iter()
-        .zip(&b)
-        .fold(0f64, |m, (x, y)| m.max((x - y).abs()))
-        / scale
-}
-
 #[test]
 fn loss_centres_and_gradients_match_torch_over_consecutive_steps() {
     let g = goldens();
@@ -101,6 +85,7 @@ fn loss_centres_and_gradients_match_torch_over_consecutive_steps() {
                     &p("t_patch"),
                     &p("masks"),
                     epoch,
+                    &SingleProcess,
                 )
                 .unwrap();
             assert_eq!(out.loss.dtype(), DType::F32);
@@ -162,6 +147,7 @@ fn empty_masks_give_zero_patch_loss() {
             &p("t_patch"),
             &p("masks").zeros_like().unwrap(),
             0,
+            &SingleProcess,
         )
         .unwrap();
     assert_eq!(out.patch, 0.0);
@@ -197,6 +183,7 @@ fn reduced_precision_inputs_compute_in_f32() {
             &bf(p("t_patch")),
             &bf(p("masks")),
             0,
+            &SingleProcess,
         )
         .unwrap();
     assert_eq!(out.loss.dtype(), DType::F32);
@@ -222,6 +209,7 @@ fn teacher_statistics_follow_their_definition() {
         &p("t_patch"),
         &p("masks"),
         0,
+        &SingleProcess,
     )
     .unwrap();
     let stats = loss.last_stats().unwrap();
@@ -316,6 +304,7 @@ fn bad_inputs_are_clear_errors() {
             &p("t_patch"),
             masks,
             epoch,
+            &SingleProcess,
         )
         .err()
         .map(|e| e.to_string())

@@ -491,7 +491,7 @@ impl Checkpoint {
     }
 }
 
-fn check_finite(t: &Tensor) -> Result<()> {
+pub(crate) fn check_finite(t: &Tensor) -> Result<()> {
     let bad = t
         .flatten_all()?
         .to_vec1::<f32>()?
