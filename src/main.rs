@@ -8,6 +8,7 @@ mod cmd_eval;
 mod cmd_metrics;
 mod cmd_pretrain;
 mod cmd_report;
+mod protocols;
 mod report;
 mod suite;
 

@@ -415,15 +415,11 @@ fn head_names(names: &[String], prefix: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Load the projection head of a checkpoint for inference: an official full checkpoint
-/// (`teacher` → `head.*`, `student` → `module.head.*`), a `--with_head` backbone file, or our
-/// safetensors exports holding `head.*` next to the backbone keys.
-pub fn load_head(
-    path: &Path,
-    key: Option<&str>,
-    dtype: DType,
-    device: &Device,
-) -> anyhow::Result<(HeadConfig, IbotHead)> {
+/// The `head.*` tensors of a checkpoint (names without the `head.` prefix, f32, checked finite):
+/// an official full checkpoint (`teacher` → `head.*`, `student` → `module.head.*`), a
+/// `--with_head` backbone file, or our safetensors exports holding `head.*` next to the backbone
+/// keys. A backbone-only file is an error saying so.
+pub fn read_head(path: &Path, key: Option<&str>) -> anyhow::Result<HashMap<String, Tensor>> {
     let ckpt = Checkpoint::open(path)?;
     let names = ckpt.names();
     let groups = ckpt.top_level_groups();
@@ -470,26 +466,6 @@ pub fn load_head(
         .into_iter()
         .filter(|(_, f)| !aliases.contains_key(f))
         .collect();
-    let infos: HashMap<String, Vec<usize>> = ckpt
-        .tensor_infos()
-        .into_iter()
-        .map(|(n, s, _)| (n, s))
-        .collect();
-    let shapes: HashMap<String, Vec<usize>> = found
-        .iter()
-        .map(|(k, f)| (k.clone(), infos[f].clone()))
-        .collect();
-    let mut cfg = infer_head_config(&shapes, true).with_context(|| {
-        format!(
-            "{}: head under {}",
-            path.display(),
-            if prefix.is_empty() {
-                "the root".to_string()
-            } else {
-                format!("key {:?}", prefix.trim_end_matches('.'))
-            }
-        )
-    })?;
     let full: Vec<String> = found.values().cloned().collect();
     let tensors = ckpt.read_all(&full)?;
     let mut weights = HashMap::new();
@@ -499,6 +475,23 @@ pub fn load_head(
             .with_context(|| format!("{}: head tensor {name}", path.display()))?;
         weights.insert(name.clone(), t);
     }
+    Ok(weights)
+}
+
+/// Load the projection head of a checkpoint for inference (see [`read_head`]).
+pub fn load_head(
+    path: &Path,
+    key: Option<&str>,
+    dtype: DType,
+    device: &Device,
+) -> anyhow::Result<(HeadConfig, IbotHead)> {
+    let weights = read_head(path, key)?;
+    let shapes: HashMap<String, Vec<usize>> = weights
+        .iter()
+        .map(|(k, t)| (k.clone(), t.dims().to_vec()))
+        .collect();
+    let mut cfg = infer_head_config(&shapes, true)
+        .with_context(|| format!("{}: projection head", path.display()))?;
     // Inference reads g as stored; report whether it is the frozen unit norm.
     cfg.norm_last_layer = weights
         .iter()

@@ -26,7 +26,16 @@ fn cubic_weights(t: f32) -> [f32; 4] {
 /// PyTorch computes the source coordinate and the weights in f32 for f32 input; we do the same so
 /// the interpolated embeddings agree to the last bit or two.
 pub fn bicubic_matrix(n_in: usize, out: usize, scale: f64) -> Vec<f32> {
-    let ratio = (1.0 / scale) as f32;
+    bicubic_matrix_ratio(n_in, out, (1.0 / scale) as f32)
+}
+
+/// [`bicubic_matrix`] in PyTorch's *size* mode (`F.interpolate(size=…)`): ratio = in/out in f32.
+/// BEiT's fine-tuning and the dense (det/seg) wrappers resize `pos_embed` this way, once, at load.
+pub fn bicubic_matrix_size(n_in: usize, out: usize) -> Vec<f32> {
+    bicubic_matrix_ratio(n_in, out, n_in as f32 / out as f32)
+}
+
+fn bicubic_matrix_ratio(n_in: usize, out: usize, ratio: f32) -> Vec<f32> {
     let mut m = vec![0f32; out * n_in];
     for dst in 0..out {
         let src = ratio * (dst as f32 + 0.5) - 0.5;
@@ -39,6 +48,46 @@ pub fn bicubic_matrix(n_in: usize, out: usize, scale: f64) -> Vec<f32> {
         }
     }
     m
+}
+
+/// `pos_embed` [1, 1+h0·w0, D] on grid `from` (rows, cols) resized to grid `to` in size mode
+/// (bicubic, `align_corners=False`), the CLS entry kept: what BEiT's `run_class_finetuning.py`
+/// and iBOT's det/seg backbones do once when the checkpoint's grid differs from the model's.
+pub fn resize_pos_embed(
+    pos_embed: &Tensor,
+    from: (usize, usize),
+    to: (usize, usize),
+) -> Result<Tensor> {
+    let (_, n_plus_1, dim) = pos_embed.dims3()?;
+    if n_plus_1 != 1 + from.0 * from.1 {
+        candle_core::bail!(
+            "pos_embed has {} entries, a {}×{} grid needs {}",
+            n_plus_1,
+            from.0,
+            from.1,
+            1 + from.0 * from.1
+        );
+    }
+    if from == to {
+        return Ok(pos_embed.clone());
+    }
+    let dev = pos_embed.device();
+    let r = Tensor::from_vec(bicubic_matrix_size(from.0, to.0), (to.0, from.0), dev)?
+        .to_dtype(pos_embed.dtype())?;
+    let c = Tensor::from_vec(bicubic_matrix_size(from.1, to.1), (to.1, from.1), dev)?
+        .to_dtype(pos_embed.dtype())?;
+    let cls = pos_embed.narrow(1, 0, 1)?;
+    let grid = pos_embed
+        .narrow(1, 1, from.0 * from.1)?
+        .reshape((from.0, from.1, dim))?
+        .permute((2, 0, 1))?
+        .contiguous()?;
+    let resized = r
+        .unsqueeze(0)?
+        .broadcast_matmul(&grid)?
+        .broadcast_matmul(&c.t()?.unsqueeze(0)?)?;
+    let patches = resized.permute((1, 2, 0))?.reshape((1, to.0 * to.1, dim))?;
+    Tensor::cat(&[&cls, &patches], 1)
 }
 
 /// Caches the two interpolation matrices per (source grid, target grid).

@@ -6,6 +6,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::color::{self, JitterOp, JitterParams};
+use crate::finetune_transform::{FinetuneEvalTransform, FinetuneTrainTransform};
 use crate::transforms::{self, round_half_even, Interpolation, IMAGENET_MEAN, IMAGENET_STD};
 
 pub type SampleRng = ChaCha8Rng;
@@ -241,6 +242,10 @@ pub enum Transform {
     /// RandomResizedCrop(size, bicubic, scale) → flip → ColorJitter(0.4,0.4,0.2,0.1) p=0.8:
     /// one iBOT-style view (used for throughput measurements and single-view training).
     CropJitter { size: u32, scale: (f64, f64) },
+    /// The fine-tuning train pipeline (crop, flip, RandAugment, normalise, RandomErasing).
+    FinetuneTrain(FinetuneTrainTransform),
+    /// The fine-tuning eval pipeline (resize, centre crop, normalise).
+    FinetuneEval(FinetuneEvalTransform),
 }
 
 impl Transform {
@@ -249,6 +254,8 @@ impl Transform {
         let s = match *self {
             Transform::Eval { crop, .. } => crop,
             Transform::LinearTrain { size } | Transform::CropJitter { size, .. } => size,
+            Transform::FinetuneTrain(ref t) => return t.output_shape(),
+            Transform::FinetuneEval(ref t) => return t.output_shape(),
         };
         (3, s as usize, s as usize)
     }
@@ -256,6 +263,9 @@ impl Transform {
     /// Applies the transform, writing CHW floats into `out`.
     pub fn apply_into(&self, img: &RgbImage, rng: &mut SampleRng, out: &mut [f32]) {
         let img = match *self {
+            // These normalise (and erase) themselves.
+            Transform::FinetuneTrain(ref t) => return t.apply_into(img, rng, out),
+            Transform::FinetuneEval(ref t) => return t.apply_into(img, out),
             Transform::Eval { resize, crop } => {
                 let r = transforms::resize_shorter(img, resize, Interpolation::Bicubic);
                 transforms::center_crop(&r, crop)

@@ -75,6 +75,24 @@ impl ImageDataset for InMemory {
     }
 }
 
+/// Some rows of another dataset (a label split, a hold-out), in the given order.
+pub struct Subset {
+    pub inner: Arc<dyn ImageDataset>,
+    pub rows: Vec<usize>,
+}
+
+impl ImageDataset for Subset {
+    fn len(&self) -> usize {
+        self.rows.len()
+    }
+    fn label(&self, index: usize) -> usize {
+        self.inner.label(self.rows[index])
+    }
+    fn load(&self, index: usize) -> Result<RgbImage> {
+        self.inner.load(self.rows[index])
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoaderConfig {
     pub batch_size: usize,
@@ -187,9 +205,26 @@ impl Loader {
     /// Starts producing the batches of `epoch` in the background.
     pub fn epoch(&self, epoch: u64) -> EpochIter {
         let order = self.order(epoch);
+        let keys = order.iter().map(|&i| i as u64).collect();
+        self.spawn(epoch, order, keys, 0)
+    }
+
+    /// The batches of `epoch` in a sampler's visiting `order`, from batch `skip` on (resuming
+    /// mid-epoch). Each visit's augmentation is drawn from (seed, epoch, position in the order),
+    /// so an index visited twice (repeated augmentation) gets two different views.
+    pub fn epoch_in_order(&self, epoch: u64, order: Vec<usize>, skip: usize) -> EpochIter {
+        let keys = (0..order.len() as u64).collect();
+        self.spawn(epoch, order, keys, skip)
+    }
+
+    fn spawn(&self, epoch: u64, order: Vec<usize>, keys: Vec<u64>, skip: usize) -> EpochIter {
         let bs = self.config.batch_size;
-        let mut chunks: Vec<Vec<usize>> = order.chunks(bs).map(|c| c.to_vec()).collect();
-        if self.config.drop_last && chunks.last().is_some_and(|c| c.len() < bs) {
+        let mut chunks: Vec<(Vec<usize>, Vec<u64>)> = order
+            .chunks(bs)
+            .zip(keys.chunks(bs))
+            .map(|(c, k)| (c.to_vec(), k.to_vec()))
+            .collect();
+        if self.config.drop_last && chunks.last().is_some_and(|c| c.0.len() < bs) {
             chunks.pop();
         }
         let (tx, rx) = sync_channel(self.config.prefetch.max(1));
@@ -200,8 +235,12 @@ impl Loader {
         let skipped_w = skipped.clone();
         let pool = self.pool.clone();
         std::thread::spawn(move || {
-            for chunk in chunks {
-                let work = || make_batch(&*dataset, &transform, &config, epoch, &chunk, &skipped_w);
+            for (chunk, keys) in chunks.into_iter().skip(skip) {
+                let work = || {
+                    make_batch(
+                        &*dataset, &transform, &config, epoch, &chunk, &keys, &skipped_w,
+                    )
+                };
                 let batch = match &pool {
                     Some(p) => p.install(work),
                     None => work(),
@@ -222,15 +261,17 @@ fn make_batch(
     config: &LoaderConfig,
     epoch: u64,
     indices: &[usize],
+    keys: &[u64],
     skipped: &AtomicUsize,
 ) -> Result<Batch> {
     let (c, h, w) = transform.output_shape();
     let per = c * h * w;
     let results: Vec<Result<Vec<f32>>> = indices
         .par_iter()
-        .map(|&i| {
+        .zip(keys.par_iter())
+        .map(|(&i, &key)| {
             let img = dataset.load(i)?;
-            let mut rng = sample_rng(config.seed, epoch, i as u64);
+            let mut rng = sample_rng(config.seed, epoch, key);
             let mut out = vec![0f32; per];
             transform.apply_into(&img, &mut rng, &mut out);
             Ok(out)

@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
-use backbone::checkpoint::{config_metadata, save_safetensors};
+use anyhow::Result;
+use backbone::checkpoint::config_metadata;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -50,38 +50,16 @@ pub fn save(
     state: &TrainState,
     tensors: Vec<(String, Tensor)>,
 ) -> Result<()> {
-    let mut meta = config_metadata(&config.teacher_vit()?);
-    meta.insert("format".into(), FORMAT.into());
-    meta.insert("state".into(), serde_json::to_string(state)?);
-    meta.insert("config".into(), serde_json::to_string(config)?);
-    save_safetensors(path, &tensors, meta)
+    // The architecture keys let the backbone loader read the teacher straight from it.
+    let meta = config_metadata(&config.teacher_vit()?);
+    train::checkpoint::save(path, FORMAT, state, config, &tensors, meta)
 }
 
 pub fn load(path: &Path, device: &Device) -> Result<Saved> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let (_, st_meta) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| anyhow::anyhow!("{}: not a safetensors file: {e}", path.display()))?;
-    let meta = st_meta.metadata().clone().unwrap_or_default();
-    if meta.get("format").map(String::as_str) != Some(FORMAT) {
-        bail!(
-            "{}: not a pretraining checkpoint of this tool (metadata format {:?}, expected {FORMAT:?})",
-            path.display(),
-            meta.get("format")
-        );
-    }
-    let field = |k: &str| {
-        meta.get(k)
-            .ok_or_else(|| anyhow::anyhow!("{}: metadata has no {k:?}", path.display()))
-    };
-    let state: TrainState = serde_json::from_str(field("state")?)
-        .with_context(|| format!("{}: bad training state", path.display()))?;
-    let config: PretrainConfig = serde_json::from_str(field("config")?)
-        .with_context(|| format!("{}: bad recipe", path.display()))?;
-    let tensors = candle_core::safetensors::load_buffer(&bytes, device)
-        .with_context(|| format!("{}: reading tensors", path.display()))?;
+    let saved = train::checkpoint::load(path, FORMAT, device)?;
     Ok(Saved {
-        state,
-        config,
-        tensors,
+        state: saved.json("state")?,
+        config: saved.json("config")?,
+        tensors: saved.tensors,
     })
 }

@@ -7,7 +7,6 @@ pub mod config;
 pub mod loss;
 pub mod mask;
 pub mod multicrop;
-pub mod optim;
 pub mod parallel;
 pub mod schedule;
 pub mod trainer;

@@ -4,8 +4,6 @@
 //! collapse monitors.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -24,8 +22,13 @@ use crate::config::PretrainConfig;
 use crate::loss::IbotLoss;
 use crate::mask::MaskGenerator;
 use crate::multicrop::{mix, open_dataset, MultiCropBatch, MultiCropLoader};
-use crate::optim::AdamW;
-use crate::schedule::cosine_scheduler;
+use train::device::{compute_dtype, device_name, dtype_name};
+use train::ema::Ema;
+use train::meter::{resident_mb, PhaseTimer};
+use train::param_groups::dino_two_groups;
+use train::schedule::cosine_scheduler;
+use train::vars::{insert_vars, sorted_vars};
+use train::{AdamW, AdamWConfig, Clip, RunDir};
 
 pub const CHECKPOINT: &str = "checkpoint.safetensors";
 pub const TEACHER: &str = "teacher.safetensors";
@@ -46,28 +49,6 @@ impl Network {
             backbone: VisionTransformer::new(vit, vb.pp("backbone"))?.with_compute_dtype(compute),
             head: IbotHead::new(head, vb.pp("head"))?.with_compute_dtype(compute),
         })
-    }
-}
-
-/// The GEMM dtype of `run.precision` on `device`: `bf16` forces bf16 (also on the CPU, where
-/// candle widens bf16 GEMMs to f32 internally: slow, for tests), `auto` is bf16 on CUDA and f32
-/// elsewhere, `f32` is f32. Master weights, optimizer state, LayerNorm, softmax, GELU, the L2
-/// normalisation, the loss and the centres are f32 in every case.
-pub fn compute_dtype(precision: &str, device: &Device) -> Result<DType> {
-    Ok(match precision {
-        "f32" => DType::F32,
-        "bf16" => DType::BF16,
-        "auto" if device.is_cuda() => DType::BF16,
-        "auto" => DType::F32,
-        other => bail!("run.precision must be auto, f32 or bf16, got {other:?}"),
-    })
-}
-
-fn dtype_name(dtype: DType) -> &'static str {
-    match dtype {
-        DType::BF16 => "bf16",
-        DType::F16 => "f16",
-        _ => "f32",
     }
 }
 
@@ -115,27 +96,12 @@ pub struct Trainer {
     loss: IbotLoss,
     loader: MultiCropLoader,
     schedules: Schedules,
-    ema_pairs: Vec<(Var, Var)>,
+    ema: Ema,
     state: TrainState,
     grid: usize,
     comm: Box<dyn Collective>,
     compute: DType,
-}
-
-fn insert_vars(map: &VarMap, weights: Vec<(String, Tensor)>, device: &Device) -> Result<()> {
-    let mut data = map.data().lock().expect("VarMap lock");
-    for (name, t) in weights {
-        let var = Var::from_tensor(&t.to_dtype(DType::F32)?.to_device(device)?)?;
-        data.insert(name, var);
-    }
-    Ok(())
-}
-
-fn sorted_vars(map: &VarMap) -> Vec<(String, Var)> {
-    let data = map.data().lock().expect("VarMap lock");
-    let mut v: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
+    run_dir: RunDir,
 }
 
 impl Trainer {
@@ -244,13 +210,14 @@ impl Trainer {
             .into_iter()
             .filter(|(name, _)| !(frozen_g && name.ends_with(".weight_g")))
             .collect();
-        let mut optimizer = AdamW::new(trainable);
+        let mut optimizer = AdamW::with_rule(trainable, dino_two_groups, AdamWConfig::default());
 
-        let student_all: HashMap<String, Var> = sorted_vars(&student_vars).into_iter().collect();
-        let ema_pairs: Vec<(Var, Var)> = sorted_vars(&teacher_vars)
-            .into_iter()
-            .filter_map(|(name, t)| student_all.get(&name).map(|s| (t, s.clone())))
-            .collect();
+        let student_all = sorted_vars(&student_vars);
+        let student_names: std::collections::HashSet<&str> =
+            student_all.iter().map(|(n, _)| n.as_str()).collect();
+        let ema = Ema::pair_by_name_filtered(&sorted_vars(&teacher_vars), &student_all, |n| {
+            student_names.contains(n)
+        })?;
 
         let mut loss = IbotLoss::new(&cfg.loss_config(), &device)?;
 
@@ -333,7 +300,9 @@ impl Trainer {
             state = saved.state;
         }
 
+        let run_dir = RunDir::create(&opts.out)?;
         let trainer = Trainer {
+            run_dir,
             cfg,
             opts,
             device,
@@ -345,7 +314,7 @@ impl Trainer {
             loss,
             loader,
             schedules,
-            ema_pairs,
+            ema,
             state,
             grid,
             comm,
@@ -354,14 +323,16 @@ impl Trainer {
         if !trainer.comm.is_main() {
             // Only rank 0 writes to the run directory.
         } else if trainer.opts.resume {
-            trainer.truncate_log()?;
+            trainer
+                .run_dir
+                .truncate_log(trainer.state.step, trainer.state.epoch)?;
         } else {
             trainer.export_teacher(&trainer.opts.out.join(INIT))?;
             std::fs::write(
                 trainer.opts.out.join("config.json"),
                 serde_json::to_string_pretty(&trainer.cfg)? + "\n",
             )?;
-            std::fs::write(trainer.opts.out.join(LOG), "")?;
+            trainer.run_dir.reset_log()?;
         }
         Ok(trainer)
     }
@@ -589,16 +560,15 @@ impl Trainer {
             timer.lap("all_reduce");
         }
         let freeze = epoch < cfg.optim.freeze_last_layer;
-        self.optimizer
-            .step(&grads, lr, wd, cfg.optim.clip_grad, &|name: &str| {
-                freeze && name.contains("last_layer")
-            })?;
+        self.optimizer.step(
+            &grads,
+            lr,
+            wd,
+            Clip::per_param(cfg.optim.clip_grad),
+            &|name: &str| freeze && name.contains("last_layer"),
+        )?;
         timer.lap("optimizer");
-        for (t, s) in &self.ema_pairs {
-            let updated = ((t.as_detached_tensor() * momentum)?
-                + (s.as_detached_tensor() * (1.0 - momentum))?)?;
-            t.set(&updated)?;
-        }
+        self.ema.update(momentum)?;
         timer.lap("ema");
         // The epoch-end NMI/ARI/FMI monitor sees every rank's images (official concat_all_gather).
         let (teacher_view0, labels) = if self.comm.world_size() > 1 {
@@ -645,52 +615,7 @@ impl Trainer {
         if !self.comm.is_main() {
             return Ok(());
         }
-        let path = self.opts.out.join(LOG);
-        let mut f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        writeln!(f, "{value}").with_context(|| format!("writing {}", path.display()))?;
-        Ok(())
-    }
-
-    /// On resume, drop log lines from steps after the checkpoint (they will be redone).
-    fn truncate_log(&self) -> Result<()> {
-        let path = self.opts.out.join(LOG);
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            return Ok(());
-        };
-        let keep: String = text
-            .lines()
-            .filter(|line| {
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-                    return false;
-                };
-                if v.get("event").and_then(|e| e.as_str()) == Some("run_start") {
-                    return v
-                        .get("step")
-                        .and_then(|s| s.as_u64())
-                        .is_some_and(|s| (s as usize) < self.state.step);
-                }
-                match (v.get("event"), v.get("step"), v.get("epoch")) {
-                    (Some(_), _, Some(e)) => {
-                        e.as_u64().is_some_and(|e| (e as usize) < self.state.epoch)
-                    }
-                    (None, Some(s), _) => {
-                        s.as_u64().is_some_and(|s| (s as usize) < self.state.step)
-                    }
-                    _ => false,
-                }
-            })
-            .map(|l| format!("{l}\n"))
-            .collect();
-        let dir = path.parent().unwrap_or(Path::new("."));
-        let tmp = tempfile::NamedTempFile::new_in(dir)?;
-        std::fs::write(tmp.path(), keep)?;
-        tmp.persist(&path)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        Ok(())
+        self.run_dir.log(&value)
     }
 
     /// Checkpoint and teacher export (rank 0 only: the ranks hold identical weights).
@@ -743,46 +668,15 @@ impl Trainer {
 
 /// A resumed run must be the same run; only how long it goes and how it reports may change.
 fn check_compatible(saved: &PretrainConfig, now: &PretrainConfig, path: &Path) -> Result<()> {
-    let strip = |c: &PretrainConfig| {
+    let strip = |c: &PretrainConfig| -> Result<serde_json::Value> {
         let mut c = c.clone();
         c.run.max_steps = None;
         c.run.checkpoint_every = 0;
         c.run.log_every = 1;
         c.run.loader_threads = 0;
-        c
+        Ok(serde_json::to_value(c)?)
     };
-    if strip(saved) != strip(now) {
-        let a = serde_json::to_value(strip(saved))?;
-        let b = serde_json::to_value(strip(now))?;
-        let mut diffs = Vec::new();
-        diff_json("", &a, &b, &mut diffs);
-        bail!(
-            "{}: the recipe differs from the one this checkpoint was trained with ({}); resume with the same recipe or start a new --out",
-            path.display(),
-            diffs.join(", ")
-        );
-    }
-    Ok(())
-}
-
-fn diff_json(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
-    match (a, b) {
-        (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
-            for (k, v) in x {
-                let p = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                match y.get(k) {
-                    Some(w) => diff_json(&p, v, w, out),
-                    None => out.push(p),
-                }
-            }
-        }
-        _ if a != b => out.push(format!("{prefix}: {a} → {b}")),
-        _ => {}
-    }
+    train::checkpoint::check_compatible(&strip(saved)?, &strip(now)?, path)
 }
 
 struct StepRecord {
@@ -802,14 +696,6 @@ struct StepRecord {
     teacher_view0: Vec<u32>,
     labels: Vec<usize>,
     phases: Vec<(&'static str, f64)>,
-}
-
-fn device_name(device: &Device) -> String {
-    match device.location() {
-        candle_core::DeviceLocation::Cpu => "cpu".into(),
-        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
-        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
-    }
 }
 
 /// DDP: every trainable parameter's gradient replaced by its mean over the ranks, before the
@@ -841,32 +727,4 @@ fn average_gradients(
         offset += n;
     }
     Ok(())
-}
-
-/// Seconds spent in each phase of a step (logged, so slow phases show up in real runs).
-struct PhaseTimer {
-    last: Instant,
-    phases: Vec<(&'static str, f64)>,
-}
-
-impl PhaseTimer {
-    fn new() -> Self {
-        PhaseTimer {
-            last: Instant::now(),
-            phases: Vec::new(),
-        }
-    }
-
-    fn lap(&mut self, name: &'static str) {
-        let now = Instant::now();
-        self.phases.push((name, (now - self.last).as_secs_f64()));
-        self.last = now;
-    }
-}
-
-/// Resident memory of this process in MiB (Linux), logged per step so that growth shows.
-fn resident_mb() -> Option<f64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: f64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096.0 / (1024.0 * 1024.0))
 }

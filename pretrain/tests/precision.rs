@@ -11,8 +11,9 @@ use backbone::{TrainCtx, VisionTransformer};
 use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::{VarBuilder, VarMap};
 use common::*;
-use pretrain::trainer::{compute_dtype, Trainer};
+use pretrain::trainer::Trainer;
 use rand::SeedableRng;
+use train::device::compute_dtype;
 
 #[test]
 fn precision_resolves_per_device() {

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{ArgGroup, Args};
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{CheckpointArgs, EvalContext, PrecomputedArgs};
+use super::{CheckpointArgs, PrecomputedArgs};
+use crate::protocols::knn::{evaluate, knn_config, knn_json, KnnOptions};
 
 #[derive(Args)]
 #[command(group(
@@ -49,25 +49,6 @@ pub struct KnnArgs {
     out: PathBuf,
 }
 
-/// k-NN options of `ibot suite` (`[knn]` table) and of the checkpoint mode.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct KnnOptions {
-    pub k: Vec<usize>,
-    pub temperature: f32,
-    pub features: features::FeatureSpec,
-}
-
-impl Default for KnnOptions {
-    fn default() -> Self {
-        KnnOptions {
-            k: knn::DEFAULT_KS.to_vec(),
-            temperature: knn::DEFAULT_TEMPERATURE,
-            features: features::FeatureSpec::Cls,
-        }
-    }
-}
-
 pub fn run_knn(args: KnnArgs) -> anyhow::Result<()> {
     let (result, train, test) = match args.precomputed.load()? {
         Some(p) => {
@@ -94,70 +75,6 @@ pub fn run_knn(args: KnnArgs) -> anyhow::Result<()> {
     };
     let table = knn_table(&scores_from_json(&result)?, args.temperature, train, test);
     super::finish(&args.out, &result, &table)
-}
-
-/// The feature cache used when `--cache` is not given.
-pub fn default_cache_dir() -> PathBuf {
-    let env = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    if let Some(dir) = env("IBOT_CACHE") {
-        return dir.join("features");
-    }
-    if let Some(dir) = env("XDG_CACHE_HOME") {
-        return dir.join("ibot/features");
-    }
-    match env("HOME") {
-        Some(home) => home.join(".cache/ibot/features"),
-        None => PathBuf::from(".cache/ibot/features"),
-    }
-}
-
-/// k-NN of one checkpoint on one data set (train split = the neighbours, val split = queries):
-/// the whole result.json body `{"knn": {...}, "config": {...}, "manifest": {...}}`.
-pub fn evaluate(ctx: &EvalContext, opts: &KnnOptions) -> anyhow::Result<Value> {
-    let (train, val) = ctx.train_val(&opts.features)?;
-    let params = knn::Params {
-        ks: opts.k.clone(),
-        temperature: opts.temperature,
-        ..knn::Params::default()
-    };
-    let bar = ctx.progress.bar(val.x.nrows() as u64, "k-NN");
-    let scores = knn::classify(
-        train.x,
-        &train.labels,
-        val.x,
-        &val.labels,
-        &params,
-        &|rows| bar.inc(rows as u64),
-    )
-    .with_context(|| {
-        format!(
-            "k-NN of {} on '{}' (train {} images, val {} images)",
-            ctx.model.checkpoint.display(),
-            ctx.data.name,
-            train.labels.len(),
-            val.labels.len()
-        )
-    })?;
-    drop(bar);
-    let mut config = knn_config(&scores, opts.temperature);
-    config["features"] = json!(format!(
-        "{} of the frozen model, L2-normalised per row",
-        opts.features
-    ));
-    config["data"] = json!(ctx.data.name);
-    Ok(json!({
-        "knn": knn_json(&scores),
-        "config": config,
-        "manifest": {
-            "train": train.manifest,
-            "val": val.manifest,
-            "ibot_version": env!("CARGO_PKG_VERSION"),
-        },
-    }))
 }
 
 fn scores_from_json(result: &Value) -> anyhow::Result<Vec<(usize, f64, f64)>> {
@@ -195,27 +112,6 @@ fn evaluate_precomputed(p: super::Precomputed, args: &KnnArgs) -> anyhow::Result
         "config": knn_config(&scores, args.temperature),
         "manifest": p.manifest,
     }))
-}
-
-pub fn knn_json(scores: &[knn::KScore]) -> Value {
-    scores
-        .iter()
-        .map(|s| (s.k.to_string(), json!({"top1": s.top1(), "top5": s.top5()})))
-        .collect::<serde_json::Map<_, _>>()
-        .into()
-}
-
-fn knn_config(scores: &[knn::KScore], temperature: f32) -> Value {
-    json!({
-        "protocol": "knn",
-        "k": scores.iter().map(|s| s.k).collect::<Vec<_>>(),
-        "temperature": temperature,
-        "features": "precomputed, L2-normalised per row",
-        "similarity": "cosine",
-        "weight": "exp(similarity / temperature)",
-        "top5": "label among the first min(5, k) voted classes",
-        "tie_breaking": "neighbours by similarity desc then train row asc; classes by vote desc then class id asc; classes without votes are not predictions",
-    })
 }
 
 /// (k, top-1, top-5) rows as a text table.

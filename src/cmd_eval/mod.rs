@@ -2,6 +2,7 @@
 //! One file per protocol; shared input readers live here.
 
 pub mod cluster;
+pub mod finetune;
 pub mod knn;
 pub mod linear;
 pub mod semisup;
@@ -48,6 +49,8 @@ pub enum EvalCommand {
     Semisup(semisup::SemisupArgs),
     /// Unsupervised classification: head argmax and k-means; ACC/NMI/ARI/FMI.
     Cluster(cluster::ClusterArgs),
+    /// End-to-end fine-tuning: full (BEiT recipe) or semi-supervised from the projection head.
+    Finetune(finetune::FinetuneArgs),
 }
 
 #[derive(Subcommand)]
@@ -88,6 +91,7 @@ pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
         EvalCommand::Linear(args) => linear::run(args),
         EvalCommand::Semisup(args) => semisup::run(args),
         EvalCommand::Cluster(args) => cluster::run(args),
+        EvalCommand::Finetune(args) => finetune::run_finetune(args),
     }
 }
 
@@ -219,7 +223,7 @@ impl CheckpointArgs {
             key: self.checkpoint_key.clone(),
             arch: self.arch.clone(),
         };
-        let cache = self.cache.clone().unwrap_or_else(knn::default_cache_dir);
+        let cache = self.cache.clone().unwrap_or_else(default_cache_dir);
         let mut store = features::FeatureStore::new(cache);
         if let Some(b) = batch_size {
             store = store.with_batch_size(b);
@@ -233,6 +237,25 @@ impl CheckpointArgs {
         let mut result = evaluate(&ctx)?;
         result["manifest"]["data_config"] = json!(data_path.display().to_string());
         Ok(result)
+    }
+}
+
+/// The feature cache used when `--cache` is not given.
+pub fn default_cache_dir() -> PathBuf {
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(dir) = env("IBOT_CACHE") {
+        return dir.join("features");
+    }
+    if let Some(dir) = env("XDG_CACHE_HOME") {
+        return dir.join("ibot/features");
+    }
+    match env("HOME") {
+        Some(home) => home.join(".cache/ibot/features"),
+        None => PathBuf::from(".cache/ibot/features"),
     }
 }
 
@@ -396,7 +419,7 @@ pub fn run_bench(cmd: BenchEval) -> anyhow::Result<()> {
                     "threads": threads,
                     "seconds": best,
                     "note": "normalisation + similarity + top-k + votes; data generation not timed",
-                    "knn": knn::knn_json(&scores),
+                    "knn": crate::protocols::knn::knn_json(&scores),
                 }))?
             );
         }

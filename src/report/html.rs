@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::markdown::{human_bytes, suite_names};
 use super::plots::{self, Series};
 use super::tables::{build_tables, signed, wall_time_table, Cell, ColumnKind, Table};
-use super::{lookup, Report};
+use super::Report;
 
 const STYLE: &str = r#"
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1200px; color: #222; padding: 0 1em; }
@@ -142,105 +142,11 @@ fn cell_html(cell: &Cell) -> String {
     }
 }
 
-fn chart_div(svg: &str) -> String {
-    format!("<div class=\"chart\">{svg}</div>\n")
-}
-
 fn task_charts(report: &Report, task: &str) -> anyhow::Result<String> {
-    let mut charts = String::new();
-    match task {
-        "knn" => {
-            let series: Vec<Series> = report
-                .checkpoints
-                .iter()
-                .filter_map(|c| {
-                    let per_k = report.body(task, &c.name)?.get("knn")?.as_object()?;
-                    let mut points: Vec<(f64, f64)> = per_k
-                        .iter()
-                        .filter_map(|(k, v)| {
-                            Some((k.parse::<f64>().ok()?, 100.0 * v.get("top1")?.as_f64()?))
-                        })
-                        .collect();
-                    points.sort_by(|a, b| a.0.total_cmp(&b.0));
-                    Some(Series {
-                        name: c.name.clone(),
-                        points,
-                    })
-                })
-                .filter(|s| !s.points.is_empty())
-                .collect();
-            if !series.is_empty() {
-                charts += &chart_div(&plots::line_chart(
-                    "k-NN top-1 vs k",
-                    "k (log scale)",
-                    "top-1 %",
-                    &series,
-                    true,
-                )?);
-            }
-        }
-        "linear" => {
-            for c in &report.checkpoints {
-                let Some(sweep) = report
-                    .body(task, &c.name)
-                    .and_then(|b| lookup(b, &["linear", "sweep"]))
-                    .and_then(Value::as_array)
-                else {
-                    continue;
-                };
-                let series = sweep_series(sweep);
-                if !series.is_empty() {
-                    charts += &chart_div(&plots::line_chart(
-                        &format!("Linear probe sweep: {}", c.name),
-                        "learning rate (log scale)",
-                        "held-out top-1 %",
-                        &series,
-                        true,
-                    )?);
-                }
-            }
-        }
-        "cluster" => {
-            let methods: Vec<String> = report
-                .checkpoints
-                .iter()
-                .filter_map(|c| report.body(task, &c.name)?.get("cluster")?.as_object())
-                .flat_map(|m| m.keys().cloned())
-                .fold(Vec::new(), |mut acc, k| {
-                    if !acc.contains(&k) {
-                        acc.push(k);
-                    }
-                    acc
-                });
-            let metrics = ["acc", "ari", "nmi", "fmi"];
-            let groups: Vec<String> = metrics.iter().map(|m| m.to_uppercase()).collect();
-            for method in methods {
-                let series: Vec<(String, Vec<Option<f64>>)> = report
-                    .checkpoints
-                    .iter()
-                    .filter_map(|c| {
-                        let m = report.body(task, &c.name)?.get("cluster")?.get(&method)?;
-                        Some((
-                            c.name.clone(),
-                            metrics
-                                .iter()
-                                .map(|k| m.get(*k).and_then(Value::as_f64).map(|v| 100.0 * v))
-                                .collect(),
-                        ))
-                    })
-                    .collect();
-                if !series.is_empty() {
-                    charts += &chart_div(&plots::grouped_bars(
-                        &format!("Clustering ({method})"),
-                        "%",
-                        &groups,
-                        &series,
-                    )?);
-                }
-            }
-        }
-        _ => {}
-    }
+    let mut charts = match crate::protocols::find(task) {
+        Some(p) => (p.charts)(report, task)?,
+        None => String::new(),
+    };
     // Whatever confusion matrices the protocol returned.
     for c in &report.checkpoints {
         let Some(body) = report.body(task, &c.name) else {
@@ -250,7 +156,7 @@ fn task_charts(report: &Report, task: &str) -> anyhow::Result<String> {
         find_confusions(body, &mut Vec::new(), &mut found);
         for (path, matrix) in found {
             let title = format!("Confusion ({path}): {}", c.name);
-            charts += &chart_div(&plots::heatmap(&title, &matrix)?);
+            charts += &plots::chart_div(&plots::heatmap(&title, &matrix)?);
         }
     }
     Ok(if charts.is_empty() {
@@ -258,41 +164,6 @@ fn task_charts(report: &Report, task: &str) -> anyhow::Result<String> {
     } else {
         format!("<div class=\"charts\">\n{charts}</div>\n")
     })
-}
-
-/// One series per (optimizer, weight decay) of held-out top-1 against lr.
-fn sweep_series(sweep: &[Value]) -> Vec<Series> {
-    let mut series: Vec<Series> = Vec::new();
-    for entry in sweep {
-        let (Some(lr), Some(acc)) = (
-            entry.get("lr").and_then(Value::as_f64),
-            entry
-                .get("holdout_top1")
-                .or_else(|| entry.get("val_top1"))
-                .and_then(Value::as_f64),
-        ) else {
-            continue;
-        };
-        let optimizer = entry
-            .get("optimizer")
-            .and_then(Value::as_str)
-            .unwrap_or("sgd");
-        let name = match entry.get("weight_decay").and_then(Value::as_f64) {
-            Some(wd) => format!("{optimizer} wd={}", super::tables::format_number(wd)),
-            None => optimizer.to_string(),
-        };
-        match series.iter_mut().find(|s| s.name == name) {
-            Some(s) => s.points.push((lr, 100.0 * acc)),
-            None => series.push(Series {
-                name,
-                points: vec![(lr, 100.0 * acc)],
-            }),
-        }
-    }
-    for s in &mut series {
-        s.points.sort_by(|a, b| a.0.total_cmp(&b.0));
-    }
-    series
 }
 
 fn find_confusions(v: &Value, path: &mut Vec<String>, out: &mut Vec<(String, Vec<Vec<f64>>)>) {
@@ -345,7 +216,7 @@ fn pretraining_section(report: &Report) -> anyhow::Result<String> {
         if series.is_empty() {
             continue;
         }
-        out += &chart_div(&plots::line_chart(
+        out += &plots::chart_div(&plots::line_chart(
             &format!("Training loss: {name}"),
             "logged step",
             "loss",

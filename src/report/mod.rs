@@ -47,18 +47,6 @@ pub struct CheckpointInfo {
     pub run: Option<String>,
 }
 
-/// Canonical task order of the tables (the paper's order); unknown tasks follow alphabetically.
-pub const TASK_ORDER: &[&str] = &[
-    "knn",
-    "linear",
-    "semisup",
-    "cluster",
-    "finetune",
-    "coco",
-    "ade20k",
-    "attention",
-];
-
 impl Report {
     pub fn load(dir: &Path) -> anyhow::Result<Report> {
         let path = dir.join(REPORT_JSON);
@@ -96,12 +84,7 @@ impl Report {
     /// Tasks present, in table order.
     pub fn tasks(&self) -> Vec<&str> {
         let mut tasks: Vec<&str> = self.results.keys().map(String::as_str).collect();
-        tasks.sort_by_key(|t| {
-            (
-                TASK_ORDER.iter().position(|o| o == t).unwrap_or(usize::MAX),
-                t.to_string(),
-            )
-        });
+        tasks.sort_by_key(|t| (crate::protocols::order(t), t.to_string()));
         tasks
     }
 

@@ -285,3 +285,8 @@ pub fn short(x: f64) -> String {
     let decimals = (1.0 - e).max(0.0) as usize;
     format!("{x:.decimals$}")
 }
+
+/// One chart in the HTML report's grid.
+pub fn chart_div(svg: &str) -> String {
+    format!("<div class=\"chart\">{svg}</div>\n")
+}

@@ -80,18 +80,18 @@ pub fn round1(v: f64) -> f64 {
 }
 
 /// What a column reads from a result body.
-struct Spec {
+pub struct Spec {
     header: String,
     path: Vec<String>,
     kind: ColumnKind,
 }
 
-const PERCENT: ColumnKind = ColumnKind::Metric {
+pub const PERCENT: ColumnKind = ColumnKind::Metric {
     scale: 100.0,
     higher_is_better: true,
 };
 
-fn spec(header: impl Into<String>, path: &[&str], kind: ColumnKind) -> Spec {
+pub fn spec(header: impl Into<String>, path: &[&str], kind: ColumnKind) -> Spec {
     Spec {
         header: header.into(),
         path: path.iter().map(|s| s.to_string()).collect(),
@@ -104,7 +104,7 @@ pub fn build_tables(report: &Report) -> Vec<Table> {
     report
         .tasks()
         .into_iter()
-        .filter(|t| *t != "attention")
+        .filter(|t| crate::protocols::find(t).is_none_or(|p| p.table))
         .filter_map(|task| task_table(report, task))
         .collect()
 }
@@ -115,34 +115,13 @@ pub fn task_table(report: &Report, task: &str) -> Option<Table> {
         .into_iter()
         .filter_map(|c| report.body(task, c))
         .collect();
-    let (title, note, specs) = match task {
-        "knn" => (
-            "k-NN",
-            "Weighted k-NN on frozen CLS features (DINO protocol); top-1 / top-5 accuracy in %.",
-            knn_specs(&bodies),
+    let (title, note, specs) = match crate::protocols::find(task) {
+        Some(p) => (p.title.to_string(), p.note, (p.columns)(&bodies)),
+        None => (
+            task.to_string(),
+            "Numbers as reported by the task.",
+            generic_specs(&bodies),
         ),
-        "linear" => (
-            "Linear probing",
-            "Frozen features, linear head; top-1 / top-5 in % of the head selected on the held-out \
-             train split; best-on-val = DINO's max over the sweep on val (optimistic).",
-            linear_specs(&bodies),
-        ),
-        "semisup" => (
-            "Semi-supervised",
-            "Top-1 in % with the given share of the train labels (class-balanced splits; frozen features).",
-            semisup_specs(&bodies),
-        ),
-        "cluster" => (
-            "Unsupervised classification",
-            "Clustering of frozen features against the labels (iBOT Tab. 5); in %.",
-            cluster_specs(&bodies),
-        ),
-        _ => ("", "Numbers as reported by the task.", generic_specs(&bodies)),
-    };
-    let title = if title.is_empty() {
-        task.to_string()
-    } else {
-        title.to_string()
     };
     if specs.is_empty() && bodies.is_empty() && !report.results.contains_key(task) {
         return None;
@@ -269,7 +248,7 @@ fn mark_best_and_deltas(specs: &[Spec], rows: &mut [Row]) {
     }
 }
 
-fn numeric_keys<'a>(bodies: &[&'a Value], path: &[&str]) -> Vec<&'a str> {
+pub fn numeric_keys<'a>(bodies: &[&'a Value], path: &[&str]) -> Vec<&'a str> {
     let mut keys: Vec<&str> = Vec::new();
     for b in bodies {
         if let Some(obj) = lookup(b, path).and_then(Value::as_object) {
@@ -288,98 +267,6 @@ fn numeric_keys<'a>(bodies: &[&'a Value], path: &[&str]) -> Vec<&'a str> {
         }
     });
     keys
-}
-
-fn knn_specs(bodies: &[&Value]) -> Vec<Spec> {
-    let mut specs = Vec::new();
-    for k in numeric_keys(bodies, &["knn"]) {
-        specs.push(spec(format!("k={k} top-1"), &["knn", k, "top1"], PERCENT));
-        specs.push(spec(format!("k={k} top-5"), &["knn", k, "top5"], PERCENT));
-    }
-    specs
-}
-
-fn linear_specs(bodies: &[&Value]) -> Vec<Spec> {
-    let has = |path: &[&str]| bodies.iter().any(|b| lookup(b, path).is_some());
-    let mut specs = vec![
-        spec("top-1", &["linear", "top1"], PERCENT),
-        spec("top-5", &["linear", "top5"], PERCENT),
-    ];
-    for key in ["top1", "val_top1"] {
-        if has(&["linear", "best_on_val", key]) {
-            specs.push(spec(
-                "best-on-val top-1",
-                &["linear", "best_on_val", key],
-                PERCENT,
-            ));
-            break;
-        }
-    }
-    for (header, key) in [
-        ("optimizer", "optimizer"),
-        ("lr", "lr"),
-        ("wd", "weight_decay"),
-        ("epoch", "epoch"),
-    ] {
-        if has(&["linear", "selected", key]) {
-            specs.push(spec(header, &["linear", "selected", key], ColumnKind::Text));
-        }
-    }
-    specs
-}
-
-fn semisup_specs(bodies: &[&Value]) -> Vec<Spec> {
-    let mut specs = Vec::new();
-    for p in numeric_keys(bodies, &["semisup"]) {
-        for method in ["logreg", "knn", "linear"] {
-            if bodies
-                .iter()
-                .any(|b| lookup(b, &["semisup", p, method, "top1"]).is_some())
-            {
-                specs.push(spec(
-                    format!("{p} {method}"),
-                    &["semisup", p, method, "top1"],
-                    PERCENT,
-                ));
-            }
-        }
-    }
-    specs
-}
-
-fn cluster_specs(bodies: &[&Value]) -> Vec<Spec> {
-    let mut specs = Vec::new();
-    let methods = numeric_keys(bodies, &["cluster"]);
-    let ordered = ["head", "kmeans"]
-        .into_iter()
-        .filter(|m| methods.contains(m))
-        .chain(
-            methods
-                .iter()
-                .copied()
-                .filter(|m| !["head", "kmeans"].contains(m)),
-        );
-    // The paper's column order (Tab. 5).
-    for method in ordered {
-        for (header, key) in [
-            ("ACC", "acc"),
-            ("ARI", "ari"),
-            ("NMI", "nmi"),
-            ("FMI", "fmi"),
-        ] {
-            if bodies
-                .iter()
-                .any(|b| lookup(b, &["cluster", method, key]).is_some())
-            {
-                specs.push(spec(
-                    format!("{method} {header}"),
-                    &["cluster", method, key],
-                    PERCENT,
-                ));
-            }
-        }
-    }
-    specs
 }
 
 /// Every numeric leaf outside `config` / `manifest`, for tasks this renderer has no layout for

@@ -1,13 +1,16 @@
 //! `configs/suites/<name>.toml`: which data, which protocols with which options.
 //!
-//! Each protocol table is kept as TOML here and converted to the protocol's own options type when
-//! the task runs, so that type (with `deny_unknown_fields`) decides what is valid — and rejects it
-//! before any work starts (see [`super::protocols::check_options`]).
+//! Every other top-level table names a protocol of [`crate::protocols::PROTOCOLS`] (or an alias);
+//! an unknown table is an error listing the known ones. Each protocol table is kept as TOML here
+//! and converted to the protocol's own options type, so that type (with `deny_unknown_fields`)
+//! decides what is valid — and rejects it before any work starts.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
+
+use crate::protocols::{self, ProtocolSpec};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -23,15 +26,10 @@ pub struct SuiteFile {
     /// How checkpoints are read (overridable with --key / --arch).
     #[serde(default)]
     pub model: ModelDefaults,
-    pub knn: Option<toml::Value>,
-    pub linear: Option<toml::Value>,
-    pub semisup: Option<toml::Value>,
-    pub cluster: Option<toml::Value>,
-    pub finetune: Option<toml::Value>,
-    pub coco: Option<toml::Value>,
-    pub ade20k: Option<toml::Value>,
-    pub attention: Option<toml::Value>,
 }
+
+/// The keys of a suite file that are not protocol tables.
+const SUITE_KEYS: &[&str] = &["name", "description", "data", "cache", "model"];
 
 fn default_cache() -> PathBuf {
     PathBuf::from("features")
@@ -53,20 +51,34 @@ pub struct Suite {
     pub data: features::DataConfig,
     /// The data config file, when the data is not inline.
     pub data_path: Option<PathBuf>,
-    pub tasks: Vec<(&'static str, toml::Value)>,
+    /// (protocol, its table) in the report's order.
+    pub tasks: Vec<(&'static ProtocolSpec, toml::Value)>,
     /// The suite file as JSON, for report.json.
     pub json: serde_json::Value,
 }
 
 impl Suite {
+    /// The directory relative paths in the suite resolve against.
+    pub fn base_dir(&self) -> PathBuf {
+        self.path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    }
+
     pub fn load(path: &Path) -> anyhow::Result<Suite> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("{}: cannot read suite", path.display()))?;
-        let file: SuiteFile = toml::from_str(&text)
+        let whole: toml::Table = toml::from_str(&text)
             .map_err(|e| anyhow::anyhow!("{}: invalid suite: {e}", path.display()))?;
-        let json: serde_json::Value = toml::from_str::<toml::Value>(&text)
-            .map_err(|e| anyhow::anyhow!("{}: invalid suite: {e}", path.display()))
-            .and_then(|v| Ok(serde_json::to_value(v)?))?;
+        let (own, tables): (toml::Table, toml::Table) = whole
+            .clone()
+            .into_iter()
+            .partition(|(k, _)| SUITE_KEYS.contains(&k.as_str()));
+        let file: SuiteFile = toml::Value::Table(own)
+            .try_into()
+            .map_err(|e| anyhow::anyhow!("{}: invalid suite: {e}", path.display()))?;
+        let json = serde_json::to_value(&whole)?;
         let base = path.parent().unwrap_or(Path::new(""));
         let (data, data_path) = match &file.data {
             toml::Value::String(p) => {
@@ -91,31 +103,35 @@ impl Suite {
                 other.type_str()
             ),
         };
-        let f = &file;
-        let tables = [
-            ("knn", &f.knn),
-            ("linear", &f.linear),
-            ("semisup", &f.semisup),
-            ("cluster", &f.cluster),
-            ("finetune", &f.finetune),
-            ("coco", &f.coco),
-            ("ade20k", &f.ade20k),
-            ("attention", &f.attention),
-        ];
-        let tasks: Vec<(&'static str, toml::Value)> = tables
-            .into_iter()
-            .filter_map(|(name, t)| Some((name, t.clone()?)))
-            .collect();
+        let mut tasks: Vec<(&'static ProtocolSpec, toml::Value)> = Vec::new();
+        for (name, table) in tables {
+            let Some(spec) = protocols::find(&name) else {
+                let known: Vec<&str> = protocols::PROTOCOLS.iter().map(|p| p.name).collect();
+                anyhow::bail!(
+                    "{}: unknown task [{name}] (known: {}; other keys: {})",
+                    path.display(),
+                    known.join(", "),
+                    SUITE_KEYS.join(", ")
+                );
+            };
+            if tasks.iter().any(|(p, _)| p.name == spec.name) {
+                anyhow::bail!(
+                    "{}: [{name}] is given twice (as {} and an alias)",
+                    path.display(),
+                    spec.name
+                );
+            }
+            if !table.is_table() {
+                anyhow::bail!("{}: `{name}` must be a table ([{name}])", path.display());
+            }
+            tasks.push((spec, table));
+        }
+        tasks.sort_by_key(|(p, _)| protocols::order(p.name));
         if tasks.is_empty() {
             anyhow::bail!(
                 "{}: the suite lists no task (add a table such as [knn] or [cluster])",
                 path.display()
             );
-        }
-        for (name, table) in &tasks {
-            if !table.is_table() {
-                anyhow::bail!("{}: `{name}` must be a table ([{name}])", path.display());
-            }
         }
         Ok(Suite {
             path: path.to_path_buf(),

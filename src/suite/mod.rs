@@ -1,9 +1,7 @@
 //! `ibot suite`: every task a suite lists, for every checkpoint, sharing one feature store;
 //! resumable (finished results are kept per task and checkpoint), then one report.
 
-pub mod attention;
 pub mod config;
-pub mod protocols;
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -17,9 +15,9 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::cmd_eval::EvalContext;
+use crate::protocols::UnitContext;
 use crate::report::{self, safe_file_name, CheckpointInfo, Report};
 use config::Suite;
-use protocols::Outcome;
 
 #[derive(Args)]
 pub struct SuiteArgs {
@@ -65,11 +63,10 @@ pub fn run(args: SuiteArgs) -> anyhow::Result<()> {
     let arch = args.arch.clone().or(suite.file.model.arch.clone());
 
     // Validate every task table before hours of work start.
-    let mut effective: BTreeMap<&str, Option<Value>> = BTreeMap::new();
+    let mut effective: BTreeMap<&str, Value> = BTreeMap::new();
     for (task, table) in &suite.tasks {
-        let opts = protocols::check_options(task, table)
-            .with_context(|| format!("{}", args.config.display()))?;
-        effective.insert(task, opts);
+        let opts = (task.check)(table).with_context(|| format!("{}", args.config.display()))?;
+        effective.insert(task.name, opts);
     }
     let checkpoints = resolve_checkpoints(&args.checkpoints)?;
     let mut pretraining = BTreeMap::new();
@@ -111,20 +108,12 @@ pub fn run(args: SuiteArgs) -> anyhow::Result<()> {
             store: &store,
             progress: &progress,
         };
-        for (task, table) in &suite.tasks {
+        for (spec, table) in &suite.tasks {
+            let task = spec.name;
             n += 1;
             let label = format!("[{n}/{total}] {task} · {}", ckpt.name);
             overall.set_message(format!("{} · {task}", ckpt.name));
-            let Some(options) = &effective[task] else {
-                log.unit(task, &ckpt.name, "not_available", None, None);
-                progress.println(format!("{label}: not available in this build"));
-                results.entry(task.to_string()).or_default().insert(
-                    ckpt.name.clone(),
-                    json!({"status": "not_available", "reason": protocols::unavailable_reason(task)}),
-                );
-                overall.inc(1);
-                continue;
-            };
+            let options = &effective[task];
             let inputs = json!({
                 "task": task,
                 "options": options,
@@ -158,12 +147,21 @@ pub fn run(args: SuiteArgs) -> anyhow::Result<()> {
             progress.println(format!("{label} …"));
             let task_started = report::now_rfc3339();
             let clock = Instant::now();
-            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                protocols::run(task, table, &ctx, &ckpt.name, &args.out)
-            }));
+            let unit = UnitContext {
+                eval: &ctx,
+                checkpoint_name: &ckpt.name,
+                report_dir: &args.out,
+                work_dir: args
+                    .out
+                    .join("runs")
+                    .join(safe_file_name(&ckpt.name))
+                    .join(task),
+                base_dir: suite.base_dir(),
+            };
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| (spec.run)(table, &unit)));
             let seconds = clock.elapsed().as_secs_f64();
             let entry = match outcome {
-                Ok(Ok(Outcome::Done(body))) => {
+                Ok(Ok(body)) => {
                     let record = json!({
                         "version": RECORD_VERSION,
                         "task": task,
@@ -186,11 +184,6 @@ pub fn run(args: SuiteArgs) -> anyhow::Result<()> {
                     log.unit(task, &ckpt.name, "done", Some(seconds), None);
                     progress.println(format!("{label}: done in {seconds:.1} s"));
                     record["result"].clone()
-                }
-                Ok(Ok(Outcome::NotAvailable(reason))) => {
-                    log.unit(task, &ckpt.name, "not_available", Some(seconds), None);
-                    progress.println(format!("{label}: {reason}"));
-                    json!({"status": "not_available", "reason": reason})
                 }
                 Ok(Err(e)) => {
                     let msg = format!("{e:#}");
@@ -223,7 +216,7 @@ pub fn run(args: SuiteArgs) -> anyhow::Result<()> {
 
     let seeds: BTreeMap<&str, Value> = effective
         .iter()
-        .filter_map(|(t, o)| Some((*t, o.as_ref()?.get("seed")?.clone())))
+        .filter_map(|(t, o)| Some((*t, o.get("seed")?.clone())))
         .collect();
     let report = Report {
         suite: json!({

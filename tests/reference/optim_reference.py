@@ -3,7 +3,7 @@ lr / weight-decay schedules, per-parameter gradient clipping (utils.clip_gradien
 last layer (grad set to None in epoch 0, utils.cancel_gradients_last_layer).
 
     /opt/refvenv/bin/python tests/reference/optim_reference.py
-writes pretrain/tests/fixtures/optim.json
+writes train/tests/goldens/optim.json
 """
 import json
 import pathlib
@@ -48,6 +48,6 @@ for i, (lr, wd) in enumerate(zip(lrs, wds)):
 
 out = {"clip": clip, "shapes": {n: list(s) for n, s in shapes.items()},
        "initial": {n: t.flatten().tolist() for n, t in initial.items()}, "steps": steps}
-path = pathlib.Path(__file__).resolve().parents[2] / "pretrain/tests/fixtures/optim.json"
+path = pathlib.Path(__file__).resolve().parents[2] / "train/tests/goldens/optim.json"
 path.write_text(json.dumps(out))
 print("wrote", path)

@@ -545,26 +545,7 @@ pub fn save_safetensors(
     tensors: &[(String, Tensor)],
     metadata: HashMap<String, String>,
 ) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("{}: cannot create a temporary file", dir.display()))?;
-    let data: Vec<(String, Tensor)> = tensors
-        .iter()
-        .map(|(n, t)| Ok((n.clone(), t.contiguous()?)))
-        .collect::<Result<_>>()?;
-    let views: Vec<(&str, &Tensor)> = data.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    safetensors::tensor::serialize_to_file(views, Some(metadata), tmp.path())
-        .map_err(|e| anyhow::anyhow!("{}: writing safetensors: {e}", path.display()))?;
-    tmp.persist(path).map_err(|e| {
-        anyhow::anyhow!(
-            "{}: cannot move the finished file into place: {e}",
-            path.display()
-        )
-    })?;
-    Ok(())
+    train::io::save_safetensors(path, tensors, metadata)
 }
 
 /// Metadata recording the architecture, so a saved backbone loads without guessing heads.

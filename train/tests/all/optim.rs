@@ -2,8 +2,9 @@
 //! and weight decay, per-parameter clipping and the frozen last layer of epoch 0.
 
 use candle_core::{DType, Device, Tensor, Var};
-use pretrain::optim::AdamW;
 use serde_json::Value;
+use train::param_groups::{dino_two_groups, ParamGroup};
+use train::{AdamW, AdamWConfig, Clip};
 
 fn floats(v: &Value) -> Vec<f32> {
     v.as_array()
@@ -17,7 +18,7 @@ fn floats(v: &Value) -> Vec<f32> {
 fn adamw_matches_pytorch() {
     let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/optim.json"
+        "/tests/goldens/optim.json"
     ))
     .unwrap();
     let golden: Value = serde_json::from_str(&text).unwrap();
@@ -34,8 +35,11 @@ fn adamw_matches_pytorch() {
         let t = Tensor::from_vec(floats(&golden["initial"][name]), shape, &dev).unwrap();
         vars.push((name.clone(), Var::from_tensor(&t).unwrap()));
     }
-    let mut opt = AdamW::new(vars.clone());
-    let decays: Vec<(String, bool)> = opt.names().map(|(n, d)| (n.to_string(), d)).collect();
+    let mut opt = AdamW::with_rule(vars.clone(), dino_two_groups, AdamWConfig::default());
+    let decays: Vec<(String, bool)> = opt
+        .groups()
+        .map(|(n, g)| (n.to_string(), g.decay))
+        .collect();
     for (name, decay) in &decays {
         let expect = !(name.ends_with(".bias") || name == "norm.weight");
         assert_eq!(*decay, expect, "{name}");
@@ -57,7 +61,7 @@ fn adamw_matches_pytorch() {
             &grads,
             step["lr"].as_f64().unwrap(),
             step["wd"].as_f64().unwrap(),
-            clip,
+            Clip::per_param(clip),
             &|n: &str| frozen && n.contains("last_layer"),
         )
         .unwrap();
@@ -90,17 +94,32 @@ fn moments_hold_no_graph_across_steps() {
     let dev = Device::Cpu;
     let w = Var::from_tensor(&Tensor::new(&[1.0f32, -2.0, 3.0], &dev).unwrap()).unwrap();
     let u = Var::from_tensor(&Tensor::new(&[0.5f32, 0.25, -1.0], &dev).unwrap()).unwrap();
-    let mut opt = AdamW::new(vec![
-        ("blocks.0.mlp.fc1.weight".into(), w.clone()),
-        ("blocks.0.mlp.fc1.bias".into(), u.clone()),
-    ]);
+    let mut opt = AdamW::new(
+        vec![
+            (
+                "blocks.0.mlp.fc1.weight".into(),
+                w.clone(),
+                ParamGroup::PLAIN,
+            ),
+            (
+                "blocks.0.mlp.fc1.bias".into(),
+                u.clone(),
+                ParamGroup {
+                    lr_scale: 1.0,
+                    decay: false,
+                },
+            ),
+        ],
+        AdamWConfig::default(),
+    );
     for _ in 0..3 {
         // d/dw (w · (u·2)) = u·2: a product node, so the raw gradient tracks the graph.
         let activation = (u.as_tensor() * 2.0).unwrap();
         let loss = (w.as_tensor() * &activation).unwrap().sum_all().unwrap();
         let grads = loss.backward().unwrap();
         assert!(grads.get(w.as_tensor()).unwrap().track_op());
-        opt.step(&grads, 1e-3, 0.04, 3.0, &|_: &str| false).unwrap();
+        opt.step(&grads, 1e-3, 0.04, Clip::PerParam(3.0), &|_: &str| false)
+            .unwrap();
     }
     let (moments, _) = opt.state();
     assert!(!moments.is_empty());

@@ -10,8 +10,10 @@ use image::{Rgb, RgbImage};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::{Protocol, UnitContext};
 use crate::cmd_eval::EvalContext;
 use crate::report::safe_file_name;
+use crate::report::tables::Spec;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -167,4 +169,22 @@ fn heat_color(v: f32) -> [f32; 3] {
         a[1] + f * (b[1] - a[1]),
         a[2] + f * (b[2] - a[2]),
     ]
+}
+
+pub struct Attention;
+
+impl Protocol for Attention {
+    const NAME: &'static str = "attention";
+    const TITLE: &'static str = "Attention maps";
+    const NOTE: &'static str = "Last-block CLS attention (mean over heads) on a few val images.";
+    const TABLE: bool = false;
+    type Options = AttentionOptions;
+
+    fn evaluate(ctx: &UnitContext, opts: &AttentionOptions) -> anyhow::Result<Value> {
+        evaluate(ctx.eval, opts, ctx.checkpoint_name, ctx.report_dir)
+    }
+
+    fn columns(_bodies: &[&Value]) -> Vec<Spec> {
+        Vec::new()
+    }
 }

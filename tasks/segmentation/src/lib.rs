@@ -1,0 +1,1 @@
+//! Semantic segmentation (mmseg 0.12 semantics).
