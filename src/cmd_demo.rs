@@ -9,6 +9,7 @@ use clap::Args;
 
 const RECIPE: &str = include_str!("../configs/pretrain/demo.toml");
 const SUITE: &str = include_str!("../configs/suites/demo.toml");
+const SEG_DATA: &str = include_str!("../configs/data/synth-ade.toml");
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -24,6 +25,9 @@ pub struct DemoArgs {
     /// Hide progress bars.
     #[arg(long)]
     quiet: bool,
+    /// Also the slower dense protocols: UperNet segmentation instead of the linear probe.
+    #[arg(long)]
+    full: bool,
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -87,7 +91,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     eprintln!("[3/3] evaluating the pretrained teacher and its random initialisation");
     let suite_path = out.join("demo-suite.toml");
-    std::fs::write(&suite_path, demo_suite(&train, &val))
+    let seg_data = out.join("synth-ade.toml");
+    std::fs::write(&seg_data, seg_data_config(&data_dir.join("ade")))
+        .with_context(|| format!("writing {}", seg_data.display()))?;
+    std::fs::write(&suite_path, demo_suite(&train, &val, &seg_data, args.full))
         .with_context(|| format!("writing {}", suite_path.display()))?;
     let report = out.join("report");
     let mut argv: Vec<String> = vec![
@@ -120,8 +127,25 @@ fn path(p: &Path) -> String {
     p.display().to_string()
 }
 
-/// The shipped demo suite with its data paths pointed at the generated scenes.
-fn demo_suite(train: &Path, val: &Path) -> String {
+/// The shipped segmentation data config of the scenes, pointed at the generated ones.
+fn seg_data_config(ade: &Path) -> String {
+    SEG_DATA
+        .lines()
+        .map(|line| {
+            if line.starts_with("root = ") {
+                format!("root = {:?}", path(ade))
+            } else {
+                line.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+/// The shipped demo suite with its data paths pointed at the generated scenes; `full` trains
+/// UperNet instead of the linear segmentation probe.
+fn demo_suite(train: &Path, val: &Path, seg_data: &Path, full: bool) -> String {
     SUITE
         .lines()
         .map(|line| {
@@ -135,6 +159,10 @@ fn demo_suite(train: &Path, val: &Path) -> String {
                     "val = {{ format = \"image_folder\", root = {:?} }}",
                     path(val)
                 )
+            } else if line.starts_with("data = ") {
+                format!("data = {:?}", path(seg_data))
+            } else if full && line.starts_with("recipe = \"demo-linear\"") {
+                "recipe = \"demo\"".to_string()
             } else {
                 line.to_string()
             }

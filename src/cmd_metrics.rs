@@ -59,10 +59,22 @@ pub enum MetricsCommand {
         /// ADE20K-style labels: ground truth 0 is ignored and every other value shifts down by one.
         #[arg(long)]
         reduce_zero_label: bool,
+        /// With --reduce-zero-label: `annotation` = the prediction PNGs are in the annotations'
+        /// space (ADE20K submission format, 1..=N; what `ibot eval segment` writes) and are reduced
+        /// like the ground truth; `reduced` = they hold class indices 0..N (mmseg's in-memory
+        /// predictions) and only the ground truth is reduced.
+        #[arg(long, value_enum, default_value = "annotation")]
+        pred_space: PredSpaceArg,
         /// Print JSON (fractions) instead of a table (percentages).
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum PredSpaceArg {
+    Annotation,
+    Reduced,
 }
 
 #[derive(Subcommand)]
@@ -178,6 +190,7 @@ pub fn run(cmd: MetricsCommand) -> anyhow::Result<()> {
             num_classes,
             ignore_index,
             reduce_zero_label,
+            pred_space,
             json,
         } => {
             if num_classes == 0 {
@@ -189,7 +202,11 @@ pub fn run(cmd: MetricsCommand) -> anyhow::Result<()> {
                 reduce_zero_label,
             };
             let pairs = metrics::segmentation::pair_label_pngs(&gt_dir, &pred_dir)?;
-            let scores = metrics::segmentation::evaluate_pngs(&pairs, config)?;
+            let space = match pred_space {
+                PredSpaceArg::Annotation => metrics::segmentation::PredSpace::Annotation,
+                PredSpaceArg::Reduced => metrics::segmentation::PredSpace::Reduced,
+            };
+            let scores = metrics::segmentation::evaluate_pngs_in(&pairs, config, space)?;
             if json {
                 let out = segmentation_json(&scores, pairs.len());
                 println!("{}", serde_json::to_string_pretty(&out)?);

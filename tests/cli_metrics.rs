@@ -291,6 +291,9 @@ fn segmentation_json_matches_mmseg_goldens() {
         ];
         if case["reduce_zero_label"].as_bool().unwrap() {
             args.push("--reduce-zero-label");
+            // The goldens' predictions are class indices (mmseg's in-memory convention).
+            args.push("--pred-space");
+            args.push("reduced");
         }
         let out = ok_json(&args);
         for key in ["aAcc", "mAcc", "mIoU"] {

@@ -3,10 +3,12 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod dense;
 pub mod head;
 pub mod init;
 pub mod ops;
 pub mod pos_embed;
+pub mod pyramid;
 pub mod vit;
 
 use std::collections::HashMap;

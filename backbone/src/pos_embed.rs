@@ -93,27 +93,40 @@ pub fn resize_pos_embed(
 /// Caches the two interpolation matrices per (source grid, target grid).
 #[derive(Default)]
 pub struct PosEmbedInterpolator {
-    cache: Mutex<HashMap<(usize, usize, usize, String), (Tensor, Tensor)>>,
+    cache: Mutex<HashMap<(usize, usize, usize, usize, String), (Tensor, Tensor)>>,
 }
 
 impl PosEmbedInterpolator {
-    /// `pos_embed` [1, 1+n0², D] → [1, 1+rows·cols, D]; unchanged when the grid is the trained
-    /// square one (DINO skips interpolation exactly in that case).
-    pub fn interpolate(&self, pos_embed: &Tensor, rows: usize, cols: usize) -> Result<Tensor> {
+    /// `pos_embed` [1, 1+h0·w0, D] on grid `(h0, w0)` → [1, 1+rows·cols, D]; unchanged when the
+    /// grid is the trained one (DINO skips interpolation exactly in that case, iBOT's non-square
+    /// det backbone likewise).
+    pub fn interpolate(
+        &self,
+        pos_embed: &Tensor,
+        grid: (usize, usize),
+        rows: usize,
+        cols: usize,
+    ) -> Result<Tensor> {
         let (_, n_plus_1, dim) = pos_embed.dims3()?;
         let n = n_plus_1 - 1;
-        let n0 = (n as f64).sqrt().round() as usize;
-        if rows * cols == n && rows == cols {
+        let (h0, w0) = grid;
+        if h0 * w0 != n {
+            candle_core::bail!(
+                "pos_embed has {n} patch positions, the grid {h0}×{w0} needs {}",
+                h0 * w0
+            );
+        }
+        if (rows, cols) == grid {
             return Ok(pos_embed.clone());
         }
-        let (r, c) = self.matrices(n0, rows, cols, pos_embed.device())?;
+        let (r, c) = self.matrices(grid, rows, cols, pos_embed.device())?;
         let r = r.to_dtype(pos_embed.dtype())?;
         let c = c.to_dtype(pos_embed.dtype())?;
         let cls = pos_embed.narrow(1, 0, 1)?;
-        // [1, n0², D] → [D, n0, n0]; resize rows then columns; back to [1, rows·cols, D].
+        // [1, h0·w0, D] → [D, h0, w0]; resize rows then columns; back to [1, rows·cols, D].
         let grid = pos_embed
             .narrow(1, 1, n)?
-            .reshape((n0, n0, dim))?
+            .reshape((h0, w0, dim))?
             .permute((2, 0, 1))?
             .contiguous()?;
         let resized = r
@@ -126,21 +139,21 @@ impl PosEmbedInterpolator {
 
     fn matrices(
         &self,
-        n0: usize,
+        (h0, w0): (usize, usize),
         rows: usize,
         cols: usize,
         device: &Device,
     ) -> Result<(Tensor, Tensor)> {
-        let key = (n0, rows, cols, format!("{device:?}"));
+        let key = (h0, w0, rows, cols, format!("{device:?}"));
         let mut cache = self.cache.lock().expect("pos-embed cache poisoned");
         if let Some(m) = cache.get(&key) {
             return Ok(m.clone());
         }
         // The +0.1 guarantees floor(n0 · scale) = out (DINO issue #8).
-        let scale_rows = (rows as f64 + 0.1) / n0 as f64;
-        let scale_cols = (cols as f64 + 0.1) / n0 as f64;
-        let r = Tensor::from_vec(bicubic_matrix(n0, rows, scale_rows), (rows, n0), device)?;
-        let c = Tensor::from_vec(bicubic_matrix(n0, cols, scale_cols), (cols, n0), device)?;
+        let scale_rows = (rows as f64 + 0.1) / h0 as f64;
+        let scale_cols = (cols as f64 + 0.1) / w0 as f64;
+        let r = Tensor::from_vec(bicubic_matrix(h0, rows, scale_rows), (rows, h0), device)?;
+        let c = Tensor::from_vec(bicubic_matrix(w0, cols, scale_cols), (cols, w0), device)?;
         cache.insert(key, (r.clone(), c.clone()));
         Ok((r, c))
     }

@@ -249,15 +249,28 @@ pub struct VisionTransformer {
     masked_embed: Option<Tensor>,
     blocks: Vec<Block>,
     norm: LayerNorm,
+    /// (rows, cols) of the position embedding's patch grid.
+    pos_grid: (usize, usize),
     interpolator: PosEmbedInterpolator,
 }
 
 impl VisionTransformer {
     pub fn new(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
+        Self::with_pos_grid(cfg, (cfg.grid(), cfg.grid()), vb)
+    }
+
+    /// A ViT whose `pos_embed` covers a `(rows, cols)` patch grid, possibly non-square: iBOT's
+    /// detection/segmentation backbones resize the checkpoint's embedding to the configured input
+    /// size once at load ([`crate::pos_embed::resize_pos_embed`]) and interpolate from that grid.
+    pub fn with_pos_grid(
+        cfg: &VitConfig,
+        pos_grid: (usize, usize),
+        vb: VarBuilder,
+    ) -> Result<Self> {
         cfg.validate()
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let d = cfg.embed_dim;
-        let n = cfg.grid() * cfg.grid();
+        let n = pos_grid.0 * pos_grid.1;
         let blocks = (0..cfg.depth)
             .map(|i| {
                 let rate = if cfg.depth > 1 {
@@ -280,6 +293,7 @@ impl VisionTransformer {
             },
             blocks,
             norm: LayerNorm::new(d, vb.pp("norm"))?,
+            pos_grid,
             interpolator: PosEmbedInterpolator::default(),
         })
     }
@@ -331,7 +345,9 @@ impl VisionTransformer {
             .to_dtype(tokens.dtype())?
             .broadcast_as((b, 1, d))?;
         let x = Tensor::cat(&[&cls, &tokens], 1)?;
-        let pos = self.interpolator.interpolate(&self.pos_embed, rows, cols)?;
+        let pos = self
+            .interpolator
+            .interpolate(&self.pos_embed, self.pos_grid, rows, cols)?;
         x.broadcast_add(&pos.to_dtype(x.dtype())?)
     }
 
@@ -363,6 +379,45 @@ impl VisionTransformer {
             x = block.forward(&x, None)?;
             if i >= first {
                 out.push(self.norm.forward(&x)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Patch-token maps [B, D, rows, cols] after each block in `out_indices` (0-based, ascending),
+    /// through the final norm when `with_norm`, CLS dropped: what iBOT's det/seg backbone returns
+    /// before its pyramid. `ctx` enables drop path (training).
+    pub fn features_at(
+        &self,
+        x: &Tensor,
+        out_indices: &[usize],
+        with_norm: bool,
+        mut ctx: Option<&mut TrainCtx>,
+    ) -> Result<Vec<Tensor>> {
+        let (b, _, h, w) = x.dims4()?;
+        let p = self.cfg.patch_size;
+        let (rows, cols) = (h / p, w / p);
+        let last = *out_indices.iter().max().unwrap_or(&0);
+        if last >= self.blocks.len() {
+            candle_core::bail!(
+                "out_indices {out_indices:?}: the model has {} blocks",
+                self.blocks.len()
+            );
+        }
+        let mut x = self.prepare_tokens(x, None)?;
+        let mut out = Vec::with_capacity(out_indices.len());
+        for (i, block) in self.blocks.iter().enumerate().take(last + 1) {
+            x = block.forward(&x, ctx.as_deref_mut())?;
+            if out_indices.contains(&i) {
+                let n = x.dim(1)? - 1;
+                let patches = x.narrow(1, 1, n)?;
+                let patches = if with_norm {
+                    self.norm.forward(&patches)?
+                } else {
+                    patches
+                };
+                let d = patches.dim(2)?;
+                out.push(patches.transpose(1, 2)?.reshape((b, d, rows, cols))?);
             }
         }
         Ok(out)

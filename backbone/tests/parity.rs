@@ -147,7 +147,11 @@ fn interpolated_position_embedding_matches_pytorch_bicubic() {
         .remove(0)
         .1;
     let interp = backbone::pos_embed::PosEmbedInterpolator::default();
-    let out = interp.interpolate(&pos, 10, 6).unwrap().squeeze(0).unwrap();
+    let out = interp
+        .interpolate(&pos, (14, 14), 10, 6)
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
     let e = rel_err(&out, &g["p16.pos.160x96"]);
     assert!(e <= 1e-6, "pos-embed interpolation relative error {e:e}");
 }

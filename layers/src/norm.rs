@@ -172,8 +172,19 @@ impl BatchNorm2d {
         self.buffer(&self.var_key)
     }
 
+    /// The count as PyTorch keeps it (0-d; a one-element tensor from other writers is accepted).
     pub fn num_batches_tracked(&self) -> Result<i64> {
-        self.buffer(&self.count_key)?.to_scalar::<i64>()
+        let t = self
+            .buffer(&self.count_key)?
+            .to_dtype(candle_core::DType::I64)?;
+        match t.flatten_all()?.to_vec1::<i64>()?.as_slice() {
+            [n] => Ok(*n),
+            other => candle_core::bail!(
+                "{}: expected one count, found {} values",
+                self.count_key,
+                other.len()
+            ),
+        }
     }
 
     fn buffer(&self, key: &str) -> Result<Tensor> {

@@ -272,6 +272,33 @@ pub struct LabelMap {
     pub values: LabelValues,
 }
 
+impl LabelMap {
+    /// ADE20K's annotation space → class indices, mmseg's `reduce_zero_label` rule applied to the
+    /// stored values (0 → 255, v → v − 1, 254 → 255): for predictions saved the way ADE20K's
+    /// submission PNGs (and `ibot eval segment`) store them, 1..=N for N classes.
+    pub fn reduce_zero_label(&mut self) {
+        let cfg = SegmentationConfig {
+            num_classes: 0,
+            ignore_index: 255,
+            reduce_zero_label: true,
+        };
+        match &mut self.values {
+            LabelValues::U8(v) => v.iter_mut().for_each(|x| *x = cfg.map_gt(*x as u32) as u8),
+            LabelValues::U16(v) => v.iter_mut().for_each(|x| *x = cfg.map_gt(*x as u32) as u16),
+        }
+    }
+}
+
+/// Which label space prediction PNGs are in when `reduce_zero_label` is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PredSpace {
+    /// Class indices 0..N, as mmseg's in-memory predictions (only the ground truth is reduced).
+    Reduced,
+    /// The annotations' space (ADE20K: 1..=N, 0 = "other"), reduced like the ground truth.
+    #[default]
+    Annotation,
+}
+
 /// Read a label PNG as PIL (and so mmseg) sees it: greyscale values (8- or 16-bit) or palette
 /// *indices*, never palette colours. Colour and alpha PNGs are rejected: their classes are ambiguous.
 pub fn read_label_png(path: &Path) -> Result<LabelMap> {
@@ -417,15 +444,29 @@ where
     Ok(acc.scores())
 }
 
-/// Evaluate label PNG pairs `(ground truth, prediction)` in parallel.
+/// Evaluate label PNG pairs `(ground truth, prediction)` in parallel, predictions as class
+/// indices (mmseg's semantics: `reduce_zero_label` applies to the ground truth only).
 pub fn evaluate_pngs(
     pairs: &[(PathBuf, PathBuf)],
     config: SegmentationConfig,
 ) -> Result<SegmentationScores> {
+    evaluate_pngs_in(pairs, config, PredSpace::Reduced)
+}
+
+/// [`evaluate_pngs`] with predictions in `space`: in the annotation space and with
+/// `reduce_zero_label`, predictions are reduced like the ground truth.
+pub fn evaluate_pngs_in(
+    pairs: &[(PathBuf, PathBuf)],
+    config: SegmentationConfig,
+    space: PredSpace,
+) -> Result<SegmentationScores> {
     accumulate_par(pairs.len(), config, |i, acc| {
         let (gt_path, pred_path) = &pairs[i];
         let gt = read_label_png(gt_path)?;
-        let pred = read_label_png(pred_path)?;
+        let mut pred = read_label_png(pred_path)?;
+        if config.reduce_zero_label && space == PredSpace::Annotation {
+            pred.reduce_zero_label();
+        }
         acc.add(&pred, &gt)
             .map_err(|e| Error::file(pred_path, format!("{e} ({})", gt_path.display())))
     })

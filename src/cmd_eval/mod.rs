@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod finetune;
 pub mod knn;
 pub mod linear;
+pub mod segment;
 pub mod semisup;
 
 use std::path::{Path, PathBuf};
@@ -51,6 +52,8 @@ pub enum EvalCommand {
     Cluster(cluster::ClusterArgs),
     /// End-to-end fine-tuning: full (BEiT recipe) or semi-supervised from the projection head.
     Finetune(finetune::FinetuneArgs),
+    /// Semantic segmentation (ADE20K layout): frozen linear probe or UperNet, sliding-window mIoU.
+    Segment(segment::SegmentArgs),
 }
 
 #[derive(Subcommand)]
@@ -92,6 +95,7 @@ pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
         EvalCommand::Semisup(args) => semisup::run(args),
         EvalCommand::Cluster(args) => cluster::run(args),
         EvalCommand::Finetune(args) => finetune::run_finetune(args),
+        EvalCommand::Segment(args) => segment::run_segment(args),
     }
 }
 

@@ -20,6 +20,22 @@ const BEIT_VIT_SMALL: &str = include_str!("../../configs/finetune/beit_vit_small
 const BEIT_VIT_BASE: &str = include_str!("../../configs/finetune/beit_vit_base_imagenet.toml");
 const SEMISUP: &str = include_str!("../../configs/finetune/semisup_vit_small_imagenet.toml");
 
+/// Recipes shipped in the binary, usable by name (`recipe = "demo"`) without the configs/ tree.
+pub const BUILTIN: &[(&str, &str)] = &[
+    ("beit_vit_small_imagenet", BEIT_VIT_SMALL),
+    ("beit_vit_base_imagenet", BEIT_VIT_BASE),
+    ("semisup_vit_small_imagenet", SEMISUP),
+    (
+        "transfer_cifar10",
+        include_str!("../../configs/finetune/transfer_cifar10.toml"),
+    ),
+    ("demo", include_str!("../../configs/finetune/demo.toml")),
+    (
+        "fashion-mnist",
+        include_str!("../../configs/finetune/fashion-mnist.toml"),
+    ),
+];
+
 /// `[finetune]` of a suite and the flags of `ibot eval finetune`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod finetune;
 pub mod knn;
 pub mod linear;
+pub mod segmentation;
 pub mod semisup;
 
 use std::path::{Path, PathBuf};
@@ -100,6 +101,7 @@ pub const PROTOCOLS: &[ProtocolSpec] = &[
     spec::<semisup::Semisup>(),
     spec::<cluster::Cluster>(),
     spec::<finetune::Finetune>(),
+    spec::<segmentation::Segmentation>(),
     spec::<attention::Attention>(),
 ];
 
@@ -130,6 +132,37 @@ pub fn options<T: DeserializeOwned + Serialize>(
         .map_err(|e| anyhow::anyhow!("[{task}]: {e}"))?;
     let json = serde_json::to_value(&opts)?;
     Ok((opts, json))
+}
+
+/// A recipe's text and a name for errors: the file at `path` (relative to `base`), or, when no
+/// such file exists and `path` is a bare name, the built-in recipe of that name.
+pub fn recipe_text(
+    path: &Path,
+    base: &Path,
+    builtin: &[(&str, &str)],
+    dir: &str,
+) -> anyhow::Result<(String, String)> {
+    let full = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    };
+    if full.is_file() {
+        let text = std::fs::read_to_string(&full)
+            .map_err(|e| anyhow::anyhow!("{}: cannot read recipe: {e}", full.display()))?;
+        return Ok((text, full.display().to_string()));
+    }
+    let name = path.to_string_lossy();
+    let stem = name.trim_end_matches(".toml");
+    if let Some((n, text)) = builtin.iter().find(|(n, _)| *n == stem) {
+        return Ok((text.to_string(), format!("{dir}/{n}.toml (built in)")));
+    }
+    let names: Vec<&str> = builtin.iter().map(|(n, _)| *n).collect();
+    anyhow::bail!(
+        "{}: no such recipe file, and {name:?} is not a built-in recipe ({})",
+        full.display(),
+        names.join(", ")
+    )
 }
 
 fn check<P: Protocol>(table: &toml::Value) -> anyhow::Result<Value> {

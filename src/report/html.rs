@@ -44,6 +44,7 @@ pub fn render(report: &Report, dir: &Path) -> anyhow::Result<String> {
     for table in build_tables(report) {
         out += &table_html(&table);
         out += &task_charts(report, &table.task)?;
+        out += &figures(report, &table.task, dir)?;
     }
     if !report.pretraining.is_empty() {
         out += &pretraining_section(report)?;
@@ -233,23 +234,30 @@ fn attention_section(report: &Report, dir: &Path) -> anyhow::Result<String> {
         "<h2 id=\"attention\">Attention maps</h2>\n<p class=\"note\">Last-block self-attention of the \
          CLS token to the patches, mean over heads, overlaid on validation images.</p>\n",
     );
+    out += &figures(report, "attention", dir)?;
+    Ok(out)
+}
+
+/// The images a protocol drew (`"images": [{"file", "caption"}]` in its result bodies, files
+/// relative to the report directory), inlined per checkpoint.
+fn figures(report: &Report, task: &str, dir: &Path) -> anyhow::Result<String> {
+    let mut out = String::new();
     for c in &report.checkpoints {
-        let Some(body) = report.body("attention", &c.name) else {
+        let Some(images) = report
+            .body(task, &c.name)
+            .and_then(|b| b.get("images"))
+            .and_then(Value::as_array)
+        else {
             continue;
         };
         let _ = writeln!(out, "<h3>{}</h3>\n<div>", esc(&c.name));
-        for image in body
-            .get("images")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+        for image in images {
             let Some(file) = image.get("file").and_then(Value::as_str) else {
                 continue;
             };
             let path = dir.join(file);
             let bytes = std::fs::read(&path)
-                .with_context(|| format!("{}: attention image missing", path.display()))?;
+                .with_context(|| format!("{}: {task} image missing", path.display()))?;
             let caption = image.get("caption").and_then(Value::as_str).unwrap_or(file);
             let _ = writeln!(
                 out,

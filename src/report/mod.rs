@@ -306,6 +306,10 @@ pub fn now_rfc3339() -> String {
 }
 
 /// Numbers inside `v` at `path` (object keys).
+/// The value at `path`; a numeric segment indexes an array (`per_class.3.IoU`).
 pub fn lookup<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
-    path.iter().try_fold(v, |v, k| v.get(*k))
+    path.iter().try_fold(v, |v, k| match v {
+        Value::Array(a) => a.get(k.parse::<usize>().ok()?),
+        _ => v.get(*k),
+    })
 }

@@ -49,8 +49,9 @@ impl RunDir {
         writeln!(f, "{value}").with_context(|| format!("writing {}", path.display()))
     }
 
-    /// On resume at (`step`, `epoch`): keeps step lines before `step`, event lines of epochs
-    /// before `epoch` and `run_start` lines before `step`; drops the rest (they will be redone).
+    /// On resume at (`step`, `epoch`): keeps step lines (and epoch-less events) before `step`,
+    /// event lines of epochs before `epoch` and `run_start` lines before `step`; drops the rest
+    /// (they will be redone).
     pub fn truncate_log(&self, step: usize, epoch: usize) -> Result<()> {
         let path = self.path(LOG);
         let Ok(text) = std::fs::read_to_string(&path) else {
@@ -68,7 +69,7 @@ impl RunDir {
                 }
                 match (v.get("event"), num("step"), num("epoch")) {
                     (Some(_), _, Some(e)) => e < epoch,
-                    (None, Some(s), _) => s < step,
+                    (_, Some(s), _) => s < step,
                     _ => false,
                 }
             })
