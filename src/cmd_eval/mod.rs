@@ -58,6 +58,9 @@ pub enum EvalCommand {
 
 #[derive(Subcommand)]
 pub enum BenchEval {
+    /// UperNet training steps (the demo segmentation model by default); compare with
+    /// tests/reference/bench_segmentation_torch.py.
+    Segment(segment::BenchSegmentArgs),
     /// k-means on generated clustered features (compare with tests/reference/bench_kmeans_sklearn.py).
     Kmeans(cluster::BenchKmeansArgs),
     /// Linear-probe sweep time per epoch on cached features.
@@ -382,6 +385,7 @@ pub fn run_bench(cmd: BenchEval) -> anyhow::Result<()> {
     match cmd {
         BenchEval::Kmeans(args) => cluster::run_bench(args)?,
         BenchEval::Linear(args) => linear::run_bench(args)?,
+        BenchEval::Segment(args) => segment::run_bench(args)?,
         BenchEval::Knn {
             train,
             test,

@@ -150,6 +150,9 @@ pub fn evaluate(ctx: &EvalContext, opts: &ClusterOptions) -> anyhow::Result<Valu
                 "{}: no projection head in the checkpoint (backbone only), so method head cannot run",
                 ctx.model.checkpoint.display()
             );
+        } else if ctx.model.pixels()?.is_some() {
+            notes.push("head skipped: the pixel baseline has no projection head".to_string());
+            None
         } else {
             notes.push(format!(
                 "head skipped: {} has no projection head (backbone only)",
@@ -189,6 +192,9 @@ pub fn evaluate(ctx: &EvalContext, opts: &ClusterOptions) -> anyhow::Result<Valu
 
 /// iBOT/DINO heads end in `last_layer`; a backbone-only export has no such key.
 pub fn checkpoint_has_head(model: &features::ModelSource) -> anyhow::Result<bool> {
+    if model.pixels()?.is_some() {
+        return Ok(false);
+    }
     let ckpt = backbone::Checkpoint::open(&model.checkpoint)?;
     let sel = ckpt.select(model.key.as_deref())?;
     Ok(sel

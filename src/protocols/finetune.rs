@@ -67,14 +67,8 @@ pub fn resolve_recipe(
 ) -> anyhow::Result<FinetuneConfig> {
     let mut cfg = match &opts.recipe {
         Some(p) => {
-            let path = if p.is_absolute() {
-                p.clone()
-            } else {
-                base.join(p)
-            };
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("{}: cannot read recipe", path.display()))?;
-            FinetuneConfig::parse(&text, &path.display().to_string())?
+            let (text, what) = super::recipe_text(p, base, BUILTIN, "configs/finetune")?;
+            FinetuneConfig::parse(&text, &what)?
         }
         None => {
             let (text, what) = match opts.mode.unwrap_or(Mode::Full) {

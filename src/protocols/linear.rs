@@ -127,6 +127,10 @@ pub fn config_json(opts: &LinearOptions, shape: &linear::ProbeShape, features: &
 /// iBOT's run.sh layout: ViT-S (and smaller) CLS of the last 4 blocks (all blocks of a shallower
 /// model); larger models last CLS ⊕ mean patch.
 pub(super) fn default_spec(model: &features::ModelSource) -> anyhow::Result<features::FeatureSpec> {
+    if model.pixels()?.is_some() {
+        // Every layout is the same pixel vector.
+        return Ok(features::FeatureSpec::Cls);
+    }
     let ckpt = backbone::Checkpoint::open(&model.checkpoint)?;
     let sel = ckpt.select(model.key.as_deref())?;
     let cfg = ckpt.infer_config(&sel, model.arch.as_deref(), None)?;
@@ -256,6 +260,12 @@ pub fn augmented_probe(
     train: &features::Features,
     val: &features::Features,
 ) -> anyhow::Result<(linear::Report, linear::ProbeShape)> {
+    if let Some(px) = ctx.model.pixels()? {
+        bail!(
+            "{}: the augmented mode runs images through a frozen backbone; the pixel baseline has none (use the cached mode)",
+            px.name()
+        );
+    }
     let cfg = opts.probe_config();
     let (train_idx, holdout_idx, classes) = linear::plan(&cfg, &train.labels, &val.labels)?;
     let dataset = features::open_split(ctx.data, features::Split::Train)?;
