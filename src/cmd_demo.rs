@@ -10,6 +10,7 @@ use clap::Args;
 const RECIPE: &str = include_str!("../configs/pretrain/demo.toml");
 const SUITE: &str = include_str!("../configs/suites/demo.toml");
 const SEG_DATA: &str = include_str!("../configs/data/synth-ade.toml");
+const DET_DATA: &str = include_str!("../configs/data/synth-coco.toml");
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -25,7 +26,8 @@ pub struct DemoArgs {
     /// Hide progress bars.
     #[arg(long)]
     quiet: bool,
-    /// Also the slower dense protocols: UperNet segmentation instead of the linear probe.
+    /// Also the slower dense protocols: UperNet segmentation instead of the linear probe, and
+    /// Mask R-CNN detection on the generated COCO scenes.
     #[arg(long)]
     full: bool,
 }
@@ -92,9 +94,21 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     eprintln!("[3/3] evaluating the pretrained teacher and its random initialisation");
     let suite_path = out.join("demo-suite.toml");
     let seg_data = out.join("synth-ade.toml");
-    std::fs::write(&seg_data, seg_data_config(&data_dir.join("ade")))
+    std::fs::write(&seg_data, with_root(SEG_DATA, &data_dir.join("ade")))
         .with_context(|| format!("writing {}", seg_data.display()))?;
-    std::fs::write(&suite_path, demo_suite(&train, &val, &seg_data, args.full))
+    let det_data = out.join("synth-coco.toml");
+    std::fs::write(&det_data, with_root(DET_DATA, &data_dir.join("coco")))
+        .with_context(|| format!("writing {}", det_data.display()))?;
+    let mut suite = demo_suite(&train, &val, &seg_data, args.full);
+    if args.full {
+        suite += &format!(
+            "\n# Mask R-CNN on the ViT pyramid + FPN, trained on the generated COCO scenes (recipe\n\
+             # configs/detection/demo.toml: 12 epochs of 80 steps).\n\
+             [detection]\ndata = {:?}\nrecipe = \"demo\"\nimages = 3\n",
+            path(&det_data)
+        );
+    }
+    std::fs::write(&suite_path, suite)
         .with_context(|| format!("writing {}", suite_path.display()))?;
     let report = out.join("report");
     let mut argv: Vec<String> = vec![
@@ -127,13 +141,13 @@ fn path(p: &Path) -> String {
     p.display().to_string()
 }
 
-/// The shipped segmentation data config of the scenes, pointed at the generated ones.
-fn seg_data_config(ade: &Path) -> String {
-    SEG_DATA
+/// A shipped data config of the scenes, pointed at the generated ones.
+fn with_root(config: &str, root: &Path) -> String {
+    config
         .lines()
         .map(|line| {
             if line.starts_with("root = ") {
-                format!("root = {:?}", path(ade))
+                format!("root = {:?}", path(root))
             } else {
                 line.to_string()
             }

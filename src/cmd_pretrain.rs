@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, ValueEnum};
 use pretrain::config::PretrainConfig;
 use pretrain::trainer::{RunOptions, Trainer};
 use serde_json::json;
@@ -142,113 +142,4 @@ fn data_parallel(
     gpus: usize,
 ) -> anyhow::Result<pretrain::trainer::Summary> {
     bail!("--gpus {gpus}: this binary was built without the `nccl` feature (cargo build --release --features nccl; needs libnccl)")
-}
-
-#[derive(Subcommand)]
-pub enum BenchPretrain {
-    /// Images/s of full iBOT training steps (teacher + student multi-crop forward, loss, backward,
-    /// AdamW, EMA) on generated images; compare with tests/reference/bench_pretrain_torch.py.
-    Pretrain(BenchPretrainArgs),
-}
-
-#[derive(Args)]
-pub struct BenchPretrainArgs {
-    #[arg(long, default_value = "vit_small")]
-    arch: String,
-    #[arg(long, default_value_t = 16)]
-    patch_size: usize,
-    #[arg(long, default_value_t = 224)]
-    global_size: u32,
-    #[arg(long, default_value_t = 96)]
-    local_size: u32,
-    #[arg(long, default_value_t = 10)]
-    local_crops: usize,
-    #[arg(long, default_value_t = 8)]
-    batch_size: usize,
-    #[arg(long, default_value_t = 8192)]
-    out_dim: usize,
-    /// Timed steps (one more untimed warm-up step runs first).
-    #[arg(long, default_value_t = 3)]
-    steps: usize,
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
-    device: DeviceChoice,
-}
-
-pub fn run_bench(cmd: BenchPretrain) -> anyhow::Result<()> {
-    let BenchPretrain::Pretrain(a) = cmd;
-    let recipe = format!(
-        r#"
-name = "bench"
-[model]
-arch = "{arch}"
-patch_size = {patch}
-drop_path = 0.1
-[head]
-out_dim = {out_dim}
-shared_head = true
-norm_last_layer = false
-[data]
-format = "synthetic"
-images = {images}
-size = {size}
-[crops]
-global_size = {gs}
-local_size = {ls}
-local_crops = {lc}
-global_scale = [0.25, 1.0]
-local_scale = [0.05, 0.25]
-[mask]
-shape = "block"
-pred_ratio = [0.0, 0.3]
-pred_ratio_var = [0.0, 0.2]
-[loss]
-teacher_temp = 0.07
-[optim]
-epochs = 100
-batch_size = {bs}
-"#,
-        arch = a.arch,
-        patch = a.patch_size,
-        out_dim = a.out_dim,
-        images = a.batch_size * (a.steps + 1),
-        size = a.global_size.max(64),
-        gs = a.global_size,
-        ls = a.local_size,
-        lc = a.local_crops,
-        bs = a.batch_size,
-    );
-    let cfg: PretrainConfig = toml::from_str(&recipe)?;
-    let dir = tempfile::tempdir()?;
-    let dev = device(a.device)?;
-    let mut trainer = Trainer::new(
-        cfg,
-        RunOptions {
-            out: dir.path().to_path_buf(),
-            resume: false,
-            device: dev.clone(),
-            max_steps: Some(a.steps + 1),
-            progress: false,
-        },
-    )?;
-    let summary = trainer.run()?;
-    let timed = &summary.step_seconds[1..];
-    let mean = timed.iter().sum::<f64>() / timed.len().max(1) as f64;
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&json!({
-            "bench": "pretrain_step",
-            "arch": format!("{}/{}", a.arch, a.patch_size),
-            "global": format!("2x{}", a.global_size),
-            "local": format!("{}x{}", a.local_crops, a.local_size),
-            "batch_size": a.batch_size,
-            "out_dim": a.out_dim,
-            "device": if dev.is_cuda() { "cuda" } else { "cpu" },
-            "threads": rayon::current_num_threads(),
-            "step_seconds": timed,
-            "mean_step_seconds": mean,
-            "images_per_s": a.batch_size as f64 / mean,
-            "note": "one untimed warm-up step; data preparation runs ahead in a background thread",
-        }))?
-    );
-    Ok(())
 }

@@ -240,3 +240,110 @@ fn a_diverging_run_stops_and_keeps_the_last_good_checkpoint() {
         assert!(text.contains("depth"));
     }
 }
+
+#[test]
+fn identical_runs_write_byte_identical_checkpoints() {
+    // Same recipe, same seed, two directories: every safetensors file must be the same bytes
+    // (the header's metadata map used to come out in hash order).
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    for out in [&a, &b] {
+        ok(&pretrain_args(
+            Path::new(RECIPE),
+            out,
+            &["--quiet", "--max-steps", "5"],
+        ));
+    }
+    for file in [
+        "teacher.safetensors",
+        "checkpoint.safetensors",
+        "init.safetensors",
+    ] {
+        let (x, y) = (
+            std::fs::read(a.join(file)).unwrap(),
+            std::fs::read(b.join(file)).unwrap(),
+        );
+        assert!(
+            x == y,
+            "{file}: two identical runs wrote different bytes ({} vs {} bytes)",
+            x.len(),
+            y.len()
+        );
+    }
+}
+
+#[test]
+fn eval_section_logs_the_teachers_knn_as_ibot_eval_knn_computes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    common::write_image_folder(&data.join("train"), 8, 1);
+    common::write_image_folder(&data.join("val"), 4, 2);
+    let data_cfg = dir.path().join("tiny-data.toml");
+    common::write_data_config(&data_cfg, "data/train", "data/val");
+    let mut text = std::fs::read_to_string(recipe_path()).unwrap();
+    // Relative to the recipe's directory.
+    text += "\n[eval]\ndata = \"tiny-data.toml\"\nevery = 2\nk = [5, 20]\n";
+    let recipe = dir.path().join("eval.toml");
+    std::fs::write(&recipe, text).unwrap();
+    let out = dir.path().join("run");
+    ok(&pretrain_args(&recipe, &out, &["--quiet"]));
+    let events: Vec<Value> = std::fs::read_to_string(out.join("log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["event"] == "knn")
+        .collect();
+    // The initial weights, then after epochs 2 and 4 (of 4).
+    let done: Vec<u64> = events
+        .iter()
+        .map(|e| e["epochs_done"].as_u64().unwrap())
+        .collect();
+    assert_eq!(done, [0, 2, 4]);
+    assert_eq!(events[0]["step"], 0);
+    assert_eq!(events[2]["step"], 16);
+    assert_eq!(events[2]["train_images"], 24);
+    assert_eq!(events[2]["val_images"], 12);
+    // The last point is what the evaluation protocol says of the exported teacher.
+    let eval = dir.path().join("knn");
+    ok(&[
+        "eval",
+        "knn",
+        "--checkpoint",
+        out.join("teacher.safetensors").to_str().unwrap(),
+        "--data",
+        data_cfg.to_str().unwrap(),
+        "--k",
+        "5,20",
+        "--cache",
+        dir.path().join("cache").to_str().unwrap(),
+        "--out",
+        eval.to_str().unwrap(),
+    ]);
+    let result = common::result(&eval);
+    for k in ["5", "20"] {
+        assert_eq!(
+            events[2]["knn"][k]["top1"], result["knn"][k]["top1"],
+            "k = {k}: the log's last point and `ibot eval knn` disagree"
+        );
+    }
+    // The same for the initial weights.
+    let init = dir.path().join("knn-init");
+    ok(&[
+        "eval",
+        "knn",
+        "--checkpoint",
+        out.join("init.safetensors").to_str().unwrap(),
+        "--data",
+        data_cfg.to_str().unwrap(),
+        "--k",
+        "5,20",
+        "--cache",
+        dir.path().join("cache").to_str().unwrap(),
+        "--out",
+        init.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        events[0]["knn"]["20"]["top1"],
+        common::result(&init)["knn"]["20"]["top1"]
+    );
+}

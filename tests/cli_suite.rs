@@ -335,3 +335,148 @@ fn suite_rejects_bad_configs_before_running() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("/no/such.pth"), "{err}");
 }
+
+/// Every image of an ImageFolder split as raw bytes / 255 (HWC: cosine similarity does not care
+/// about the order of the coordinates), with its class index.
+fn raw_pixels(root: &Path) -> (ndarray::Array2<f32>, Vec<usize>) {
+    let mut classes: Vec<PathBuf> = std::fs::read_dir(root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    classes.sort();
+    let (mut rows, mut labels, mut dim) = (Vec::new(), Vec::new(), 0);
+    for (label, dir) in classes.iter().enumerate() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        for f in files {
+            let img = image::open(&f).unwrap().to_rgb8();
+            assert_eq!((img.width(), img.height()), (32, 32));
+            dim = img.as_raw().len();
+            rows.extend(img.as_raw().iter().map(|&v| v as f32 / 255.0));
+            labels.push(label);
+        }
+    }
+    (
+        ndarray::Array2::from_shape_vec((labels.len(), dim), rows).unwrap(),
+        labels,
+    )
+}
+
+#[test]
+fn the_pixel_baseline_is_a_checkpoint_like_any_other() {
+    let c = setup();
+    let out = c.root.join("report-pixels");
+    let log = ok(&ibot(&[
+        "suite",
+        "--config",
+        s(&c.suite),
+        "--checkpoint",
+        "pixels",
+        "--checkpoint",
+        "thumb=pixels:8",
+        "--checkpoint",
+        &format!("random={}", s(&c.a)),
+        "--out",
+        s(&out),
+    ]));
+    let report = read_json(&out.join("report.json"));
+    let names: Vec<&str> = report["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["pixels", "thumb", "random"]);
+    // k-NN on the raw pixels, computed here from the PNG bytes.
+    let synth = c.root.join("synth/classification");
+    let (train, train_y) = raw_pixels(&synth.join("train"));
+    let (val, val_y) = raw_pixels(&synth.join("val"));
+    let params = knn::Params {
+        ks: vec![1, 5],
+        ..knn::Params::default()
+    };
+    let want = knn::classify(train, &train_y, val, &val_y, &params, &|_| {}).unwrap();
+    for s in &want {
+        assert_eq!(
+            report["results"]["knn"]["pixels"]["knn"][s.k.to_string()]["top1"]
+                .as_f64()
+                .unwrap(),
+            s.top1(),
+            "k = {}",
+            s.k
+        );
+    }
+    let manifest = &report["results"]["knn"]["pixels"]["manifest"]["train"];
+    assert_eq!(manifest["features"]["dim"], 3 * 32 * 32, "{manifest}");
+    assert_eq!(
+        report["results"]["knn"]["thumb"]["manifest"]["train"]["features"]["dim"],
+        3 * 8 * 8
+    );
+    // The frozen-feature protocols run on it; the model-only ones say so instead of failing.
+    for name in ["pixels", "thumb"] {
+        for task in ["knn", "linear", "semisup", "cluster"] {
+            let body = &report["results"][task][name];
+            assert!(body.get("status").is_none(), "{task} · {name}: {body}");
+        }
+        assert_eq!(
+            report["results"]["attention"][name]["status"], "not_available",
+            "{log}"
+        );
+    }
+    let km = report["results"]["cluster"]["pixels"]["cluster"]["kmeans"]["nmi"]
+        .as_f64()
+        .unwrap();
+    assert!((0.0..=1.0).contains(&km));
+    let units = unit_log(&out);
+    assert_eq!(
+        units
+            .iter()
+            .filter(|u| u["status"] == "not_available")
+            .count(),
+        2
+    );
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("pixels"), "{md}");
+
+    // `ibot eval knn` takes it too, with the same numbers.
+    let data = c.root.join("data.toml");
+    common::write_data_config(&data, s(&synth.join("train")), s(&synth.join("val")));
+    let eval = c.root.join("eval-pixels");
+    ok(&ibot(&[
+        "eval",
+        "knn",
+        "--checkpoint",
+        "pixels",
+        "--data",
+        s(&data),
+        "--k",
+        "1,5",
+        "--cache",
+        s(&c.root.join("cache")),
+        "--out",
+        s(&eval),
+    ]));
+    let r = common::result(&eval);
+    for s in &want {
+        assert_eq!(
+            r["knn"][s.k.to_string()]["top1"].as_f64().unwrap(),
+            s.top1()
+        );
+    }
+    // A bad size is an error naming the form.
+    let err = common::failure(&[
+        "eval",
+        "knn",
+        "--checkpoint",
+        "pixels:0",
+        "--data",
+        s(&data),
+        "--out",
+        s(&eval),
+    ]);
+    assert!(err.contains("pixels:SIZE"), "{err}");
+}

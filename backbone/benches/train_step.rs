@@ -1,7 +1,8 @@
-//! Forward + backward time of a ViT training step through the fused CPU kernels and through the
-//! composed reference ops. `cargo bench -p backbone --bench train_step [-- small|vit_s] [fused|composed]`.
-//! Candle's element-wise ops run on its own spinning thread pool; compare with
-//! `CANDLE_NUM_THREADS=1` on a loaded machine.
+//! Forward + backward time of a ViT training step through the fused CPU kernels (f32 and bf16
+//! compute, AMX where available) and through the composed reference ops.
+//! `cargo bench -p backbone --bench train_step [-- small|vit_s] [fused|bf16|composed]`.
+//! Runs with `backbone::ops::init_cpu_runtime()` (candle's element-wise pool on the calling
+//! thread, malloc tuned), as `ibot` does.
 
 use std::time::Instant;
 
@@ -64,6 +65,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> candle_core::Result<()> {
+    backbone::ops::init_cpu_runtime();
     let filter: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
@@ -76,8 +78,13 @@ fn main() -> candle_core::Result<()> {
             continue;
         }
         let cfg = &case.cfg;
-        let (_vars, model) = build_trainable(cfg, init_weights(cfg, 0).unwrap(), DType::F32, &dev)
+        let (vars, model) = build_trainable(cfg, init_weights(cfg, 0).unwrap(), DType::F32, &dev)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let model16 = backbone::VisionTransformer::new(
+            cfg,
+            candle_nn::VarBuilder::from_varmap(&vars, DType::F32, &dev),
+        )?
+        .with_compute_dtype(DType::BF16);
         let (bg, sg) = case.global;
         let (bl, sl) = case.local;
         let global = Tensor::randn(0f32, 1.0, (bg, 3, sg, sg), &dev)?;
@@ -90,7 +97,7 @@ fn main() -> candle_core::Result<()> {
             (bg, n),
             &dev,
         )?;
-        let step = || -> candle_core::Result<(f64, f64)> {
+        let step = |model: &backbone::VisionTransformer| -> candle_core::Result<(f64, f64)> {
             let mut rng = rand::rngs::StdRng::seed_from_u64(0);
             let t0 = Instant::now();
             let a = model.forward_tokens(
@@ -106,17 +113,18 @@ fn main() -> candle_core::Result<()> {
             Ok(((t1 - t0).as_secs_f64(), t1.elapsed().as_secs_f64()))
         };
         let reps = if case.name == "small" { 7 } else { 3 };
-        for (label, composed) in [("fused", false), ("composed", true)] {
+        for (label, composed) in [("fused", false), ("bf16", false), ("composed", true)] {
             let wanted = |l: &str| filter.iter().any(|f| f == l);
-            if (wanted("fused") || wanted("composed")) && !wanted(label) {
+            if (wanted("fused") || wanted("bf16") || wanted("composed")) && !wanted(label) {
                 continue;
             }
+            let model = if label == "bf16" { &model16 } else { &model };
             let run = || -> candle_core::Result<(f64, f64)> {
                 let mut f = Vec::new();
                 let mut b = Vec::new();
-                step()?; // warm-up: allocator, thread pools
+                step(model)?; // warm-up: allocator, thread pools
                 for _ in 0..reps {
-                    let (tf, tb) = step()?;
+                    let (tf, tb) = step(model)?;
                     f.push(tf);
                     b.push(tb);
                 }

@@ -8,10 +8,17 @@
 
 use std::cell::Cell;
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
+mod amx;
+mod attention;
 mod fused;
+mod gemm;
+mod linear;
+
+pub use gemm::Precision;
+pub use linear::Activation;
 
 thread_local! {
     static COMPOSED_ONLY: Cell<bool> = const { Cell::new(false) };
@@ -44,16 +51,19 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
     } else {
         x.contiguous()?
     };
-    if !x.track_op() && !weight.track_op() && !bias.track_op() {
-        return candle_nn::ops::layer_norm(&x, weight, bias, eps as f32);
-    }
     let d = x.dim(D::Minus1)?;
+    let tracked = x.track_op() || weight.track_op() || bias.track_op();
     if fused_f32_cpu(&[&x, weight, bias]) && weight.dims() == [d] && bias.dims() == [d] && d > 0 {
-        return x.apply_op3(
-            &weight.contiguous()?,
-            &bias.contiguous()?,
-            fused::LayerNormOp { eps: eps as f32 },
-        );
+        let op = fused::LayerNormOp { eps: eps as f32 };
+        let (w, b) = (weight.contiguous()?, bias.contiguous()?);
+        return if tracked {
+            x.apply_op3(&w, &b, op)
+        } else {
+            x.apply_op3_no_bwd(&w, &b, &op)
+        };
+    }
+    if !tracked {
+        return candle_nn::ops::layer_norm(&x, weight, bias, eps as f32);
     }
     let dtype = x.dtype();
     let x32 = x.to_dtype(DType::F32)?;
@@ -110,6 +120,216 @@ pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
         x.apply_op1(GeluErf)
     } else {
         x.gelu_erf()
+    }
+}
+
+/// The fused-op precision for a `compute` dtype on f32 data, if the fused ops support it.
+fn fused_precision(compute: Option<DType>) -> Option<Precision> {
+    match compute {
+        None | Some(DType::F32) => Some(Precision::F32),
+        Some(DType::BF16) => Some(Precision::Bf16),
+        _ => None,
+    }
+}
+
+/// `x · wᵀ` for x [M, K] and w [N, K]. With a `compute` dtype other than x's (mixed precision)
+/// the operands are rounded to it for the GEMM and the product comes back in x's dtype, so what
+/// follows (bias, LayerNorm, softmax, GELU, residual sums) stays in the master precision; the
+/// gradients of f32 weights arrive in f32. On the CPU in f32 (and bf16 compute) this is the fused
+/// strided GEMM (bf16 on AMX where available), elsewhere candle's matmul between dtype casts.
+pub fn autocast_matmul_t(x: &Tensor, w: &Tensor, compute: Option<DType>) -> Result<Tensor> {
+    if let Some(precision) = fused_precision(compute) {
+        if fused_f32_cpu(&[x, w]) && x.rank() == 2 && w.rank() == 2 {
+            let tracked = x.track_op() || w.track_op();
+            let op = linear::LinearOp::new(Activation::Identity, None, precision, false);
+            return if tracked {
+                x.apply_op2(w, op)
+            } else {
+                x.apply_op2_no_bwd(w, &op)
+            };
+        }
+    }
+    match compute {
+        Some(dt) if dt != x.dtype() => x
+            .to_dtype(dt)?
+            .matmul(&w.to_dtype(dt)?.t()?)?
+            .to_dtype(x.dtype()),
+        _ => x.matmul(&w.t()?),
+    }
+}
+
+/// A Linear layer on rows: `s · act(x · wᵀ + b)` for x [M, K], w [N, K], b [N], where `s` is
+/// an optional per-sample factor (drop path): `row_scale = (factors, rows per factor)` scales
+/// rows `i·rows .. (i+1)·rows` by `factors[i]`. On the CPU in f32 one fused op with its own
+/// backward; elsewhere (and under [`with_composed_ops`]) matmul, bias, GELU and a broadcast
+/// multiplication, which candle differentiates.
+pub fn linear(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    act: Activation,
+    row_scale: Option<(&[f32], usize)>,
+    compute: Option<DType>,
+) -> Result<Tensor> {
+    if let Some(precision) = fused_precision(compute) {
+        let n = w.dim(0)?;
+        if fused_f32_cpu(&[x, w, b]) && x.rank() == 2 && w.rank() == 2 && b.dims() == [n] {
+            let tracked = x.track_op() || w.track_op() || b.track_op();
+            let scale = row_scale.map(|(f, rows)| (f.to_vec(), rows));
+            let op = linear::LinearOp::new(act, scale, precision, tracked);
+            return if tracked {
+                x.apply_op3(w, b, op)
+            } else {
+                x.apply_op3_no_bwd(w, b, &op)
+            };
+        }
+    }
+    let y = add_bias(&autocast_matmul_t(x, w, compute)?, b)?;
+    let y = match act {
+        Activation::Identity => y,
+        Activation::Gelu => gelu_erf(&y)?,
+    };
+    match row_scale {
+        None => Ok(y),
+        Some((factors, rows)) => {
+            let (m, n) = y.dims2()?;
+            let mask = Tensor::from_vec(factors.to_vec(), (factors.len(), 1, 1), y.device())?
+                .to_dtype(y.dtype())?;
+            y.reshape((factors.len(), rows, n))?
+                .broadcast_mul(&mask)?
+                .reshape((m, n))
+        }
+    }
+}
+
+/// Multi-head self-attention core on a qkv projection [B, T, 3·D] (per token [3][heads][dim]):
+/// softmax(scale · q kᵀ) v with the heads concatenated, [B, T, D]. `None` where the fused CPU
+/// op does not apply (other devices or dtypes, [`with_composed_ops`]); the caller then composes it.
+pub fn fused_attention(
+    qkv: &Tensor,
+    heads: usize,
+    scale: f64,
+    compute: Option<DType>,
+) -> Result<Option<Tensor>> {
+    let Some(precision) = fused_precision(compute) else {
+        return Ok(None);
+    };
+    if !fused_f32_cpu(&[qkv]) || qkv.rank() != 3 {
+        return Ok(None);
+    }
+    let qkv = if qkv.is_contiguous() {
+        qkv.clone()
+    } else {
+        qkv.contiguous()?
+    };
+    let tracked = qkv.track_op();
+    let op = attention::AttentionOp::new(heads, scale as f32, precision, tracked);
+    Ok(Some(if tracked {
+        qkv.apply_op1(op)?
+    } else {
+        qkv.apply_op1_no_bwd(&op)?
+    }))
+}
+
+/// `x + y` (same shapes), one parallel pass on the CPU in f32.
+pub fn residual_add(x: &Tensor, y: &Tensor) -> Result<Tensor> {
+    if fused_f32_cpu(&[x, y]) && x.dims() == y.dims() && x.is_contiguous() && y.is_contiguous() {
+        return if x.track_op() || y.track_op() {
+            x.apply_op2(y, ResidualAdd)
+        } else {
+            x.apply_op2_no_bwd(y, &ResidualAdd)
+        };
+    }
+    x + y
+}
+
+#[inline(always)]
+fn add_slices((a, b, out): (&[f32], &[f32], &mut [f32])) {
+    for ((o, a), b) in out.iter_mut().zip(a).zip(b) {
+        *o = a + b;
+    }
+}
+
+struct ResidualAdd;
+
+impl CustomOp2 for ResidualAdd {
+    fn name(&self) -> &'static str {
+        "residual-add-f32"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(a), CpuStorage::F32(b)) = (s1, s2) else {
+            candle_core::bail!("residual add: expected f32 storage")
+        };
+        let (Some((a0, a1)), Some((b0, b1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("residual add: inputs must be contiguous")
+        };
+        let (a, b) = (&a[a0..a1], &b[b0..b1]);
+        let mut out = vec![0f32; a.len()];
+        out.par_chunks_mut(PAR_CHUNK)
+            .zip(a.par_chunks(PAR_CHUNK))
+            .zip(b.par_chunks(PAR_CHUNK))
+            .for_each(|((o, a), b)| with_simd_args(add_slices, (a, b, o)));
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _y: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad.clone()), Some(grad.clone())))
+    }
+}
+
+/// Whether bf16 GEMMs of the fused CPU ops run on AMX tiles in this process (CPU, OS permission
+/// and a self-test; `IBOT_NO_AMX=1` turns it off). Otherwise bf16 operands are multiplied by the
+/// f32 kernels after rounding — the same numbers, at f32 speed.
+pub fn amx_available() -> bool {
+    amx::available()
+}
+
+/// Process-wide CPU settings that the fused ops are tuned for; call once at program start,
+/// before any other thread exists. Each applies only where the user has not chosen otherwise:
+/// - `CANDLE_NUM_THREADS=1`: candle's own element-wise thread pool (used by the ops that remain
+///   candle's: gradient accumulation, optimizer updates, losses) runs on the calling thread.
+///   Its worker spins ~25,000 pause instructions after every op, which on a 2-core machine
+///   steals a core from the rayon threads running the GEMMs (measured: 35 % of the CPU time of
+///   a ViT-S training step). Rayon (`RAYON_NUM_THREADS`) still sets the GEMM/fused-op threads.
+/// - glibc malloc keeps freed blocks up to 32 MiB for reuse (`M_MMAP_THRESHOLD`) and does not
+///   hand memory back below 1 GiB (`M_TRIM_THRESHOLD`): every candle op allocates its output and
+///   every gradient starts as a fresh zero tensor, and with glibc's defaults most of those
+///   blocks came from fresh `mmap`s, each page faulted in again (≈1 M page faults per step).
+///   `MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_` in the environment take precedence.
+pub fn init_cpu_runtime() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
+        }
+        const M_TRIM_THRESHOLD: std::ffi::c_int = -1;
+        const M_MMAP_THRESHOLD: std::ffi::c_int = -3;
+        // SAFETY: mallopt only changes allocator parameters; called before other threads run.
+        unsafe {
+            if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+                mallopt(M_MMAP_THRESHOLD, 32 << 20);
+            }
+            if std::env::var_os("MALLOC_TRIM_THRESHOLD_").is_none() {
+                mallopt(M_TRIM_THRESHOLD, 1 << 30);
+            }
+        }
     }
 }
 
@@ -282,6 +502,39 @@ fn softmax_row_body(src: &[f32], dst: &mut [f32]) {
 
 fn softmax_row(src: &[f32], dst: &mut [f32]) {
     with_simd(softmax_row_body, src, dst)
+}
+
+/// [`softmax_row_body`] overwriting its input.
+#[inline(always)]
+fn softmax_row_in_place_body(x: &mut [f32]) {
+    let mut m = [f32::NEG_INFINITY; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for i in 0..8 {
+            m[i] = m[i].max(c[i]);
+        }
+    }
+    let max = chunks.remainder().iter().fold(
+        m.iter().fold(f32::NEG_INFINITY, |a, b| a.max(*b)),
+        |a, b| a.max(*b),
+    );
+    for v in x.iter_mut() {
+        *v = exp_neg(*v - max);
+    }
+    let mut acc = [0f32; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for i in 0..8 {
+            acc[i] += c[i];
+        }
+    }
+    let sum: f32 = acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>();
+    let inv = 1.0 / sum;
+    x.iter_mut().for_each(|v| *v *= inv);
+}
+
+pub(crate) fn softmax_row_in_place(x: &mut [f32]) {
+    with_simd_args(softmax_row_in_place_body, x)
 }
 
 /// Row softmax: rows in parallel, the vectorisable `exp_neg`; backward by `fused::SoftmaxGrad`.

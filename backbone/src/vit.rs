@@ -7,7 +7,7 @@ use candle_nn::VarBuilder;
 use rand::Rng;
 
 use crate::config::{VitConfig, LAYER_NORM_EPS};
-use crate::ops::{add_bias, gelu_erf, layer_norm, softmax_last_dim};
+use crate::ops::{self, layer_norm, softmax_last_dim, Activation};
 use crate::pos_embed::PosEmbedInterpolator;
 
 /// Training-time randomness: drop-path draws its per-sample keep decisions here.
@@ -15,18 +15,15 @@ pub struct TrainCtx<'a> {
     pub rng: &'a mut dyn rand::RngCore,
 }
 
-/// `x · wᵀ` for x [M, K] and w [N, K]. With a `compute` dtype other than x's (mixed precision)
-/// both operands are cast to it for the GEMM and the product comes back in x's dtype, so what
-/// follows (bias, LayerNorm, softmax, GELU, residual sums) stays in the master precision. The
-/// casts are differentiable: the gradients of f32 weights arrive in f32.
+/// A seeded generator for [`TrainCtx`], for callers without a `rand` 0.8 dependency of their own
+/// (`ibot bench finetune`).
+pub fn seeded_rng(seed: u64) -> impl rand::RngCore + Send {
+    <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed)
+}
+
+/// `x · wᵀ` for x [M, K] and w [N, K] in the `compute` dtype ([`crate::ops::autocast_matmul_t`]).
 pub(crate) fn autocast_matmul_t(x: &Tensor, w: &Tensor, compute: Option<DType>) -> Result<Tensor> {
-    match compute {
-        Some(dt) if dt != x.dtype() => x
-            .to_dtype(dt)?
-            .matmul(&w.to_dtype(dt)?.t()?)?
-            .to_dtype(x.dtype()),
-        _ => x.matmul(&w.t()?),
-    }
+    ops::autocast_matmul_t(x, w, compute)
 }
 
 /// Batched `a · b` in the `compute` dtype, the result in a's dtype (see [`autocast_matmul_t`]).
@@ -57,19 +54,32 @@ impl Linear {
     }
 }
 
-impl Module for Linear {
-    /// One GEMM over all leading dimensions.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl Linear {
+    /// `s · act(x · wᵀ + b)` as one GEMM over all leading dimensions, `s` the per-sample
+    /// drop-path factors of a residual branch (x's first dimension is the sample).
+    fn forward_with(&self, x: &Tensor, act: Activation, drop: Option<&[f32]>) -> Result<Tensor> {
         let dims = x.dims();
         let in_dim = dims[dims.len() - 1];
         let rows: usize = dims[..dims.len() - 1].iter().product();
-        let y = add_bias(
-            &autocast_matmul_t(&x.reshape((rows, in_dim))?, &self.weight, self.compute)?,
+        let scale = drop.map(|f| (f, rows / f.len().max(1)));
+        let y = ops::linear(
+            &x.reshape((rows, in_dim))?,
+            &self.weight,
             &self.bias,
+            act,
+            scale,
+            self.compute,
         )?;
         let mut out_dims = dims.to_vec();
         *out_dims.last_mut().unwrap() = self.weight.dim(0)?;
         y.reshape(out_dims)
+    }
+}
+
+impl Module for Linear {
+    /// One GEMM over all leading dimensions.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, Activation::Identity, None)
     }
 }
 
@@ -129,7 +139,14 @@ impl PatchEmbed {
             .reshape((b * rows * cols, c * p * p))?;
         let d = self.weight.dim(0)?;
         let w2 = self.weight.reshape((d, c * p * p))?;
-        let tokens = add_bias(&autocast_matmul_t(&patches, &w2, self.compute)?, &self.bias)?;
+        let tokens = ops::linear(
+            &patches,
+            &w2,
+            &self.bias,
+            Activation::Identity,
+            None,
+            self.compute,
+        )?;
         Ok((tokens.reshape((b, rows * cols, d))?, rows, cols))
     }
 }
@@ -155,14 +172,30 @@ impl Attention {
         })
     }
 
+    /// The attention branch's output, scaled per sample by the drop-path factors `drop`. On the
+    /// CPU in f32 the core is one fused op ([`ops::fused_attention`]).
+    fn forward(&self, x: &Tensor, drop: Option<&[f32]>) -> Result<Tensor> {
+        let qkv = self.qkv.forward(x)?;
+        let out = match ops::fused_attention(&qkv, self.num_heads, self.scale, self.compute)? {
+            Some(out) => out,
+            None => self.core(&qkv)?.0,
+        };
+        self.proj.forward_with(&out, Activation::Identity, drop)
+    }
+
     /// Returns the block output and the post-softmax attention [B, heads, T, T].
-    fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (b, t, d) = x.dims3()?;
+    fn forward_with_attn(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (out, attn) = self.core(&self.qkv.forward(x)?)?;
+        Ok((self.proj.forward(&out)?, attn))
+    }
+
+    /// Composed attention on the qkv projection: (heads concatenated [B, T, D], attention).
+    fn core(&self, qkv: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, t, d3) = qkv.dims3()?;
+        let d = d3 / 3;
         let hd = d / self.num_heads;
         // The 3D output is laid out [3][heads][head_dim].
-        let qkv = self
-            .qkv
-            .forward(x)?
+        let qkv = qkv
             .reshape((b, t, 3, self.num_heads, hd))?
             .permute((2, 0, 3, 1, 4))?;
         let q = qkv.get(0)?.contiguous()?;
@@ -173,7 +206,7 @@ impl Attention {
         let out = autocast_matmul(&attn, &v, self.compute)?
             .transpose(1, 2)?
             .reshape((b, t, d))?;
-        Ok((self.proj.forward(&out)?, attn))
+        Ok((out, attn))
     }
 }
 
@@ -192,25 +225,27 @@ impl Mlp {
     }
 }
 
-impl Module for Mlp {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&gelu_erf(&self.fc1.forward(x)?)?)
+impl Mlp {
+    /// fc2(GELU(fc1(x))) scaled per sample by the drop-path factors `drop`.
+    fn forward(&self, x: &Tensor, drop: Option<&[f32]>) -> Result<Tensor> {
+        let h = self.fc1.forward_with(x, Activation::Gelu, None)?;
+        self.fc2.forward_with(&h, Activation::Identity, drop)
     }
 }
 
-/// Stochastic depth: zero the residual branch of whole samples, rescale the survivors.
-fn drop_path(x: &Tensor, rate: f64, ctx: Option<&mut TrainCtx>) -> Result<Tensor> {
-    let Some(ctx) = ctx else { return Ok(x.clone()) };
+/// Stochastic depth: per-sample factors for a residual branch of `b` samples — 0 for a dropped
+/// sample, 1/keep for a survivor — or `None` outside training or at rate 0.
+fn drop_path_factors(rate: f64, b: usize, ctx: Option<&mut TrainCtx>) -> Option<Vec<f32>> {
+    let ctx = ctx?;
     if rate <= 0.0 {
-        return Ok(x.clone());
+        return None;
     }
     let keep = 1.0 - rate;
-    let b = x.dim(0)?;
-    let mask: Vec<f32> = (0..b)
-        .map(|_| (keep + ctx.rng.gen::<f64>()).floor() as f32 / keep as f32)
-        .collect();
-    let mask = Tensor::from_vec(mask, (b, 1, 1), x.device())?.to_dtype(x.dtype())?;
-    x.broadcast_mul(&mask)
+    Some(
+        (0..b)
+            .map(|_| (keep + ctx.rng.gen::<f64>()).floor() as f32 / keep as f32)
+            .collect(),
+    )
 }
 
 #[derive(Debug, Clone)]
@@ -234,10 +269,17 @@ impl Block {
     }
 
     fn forward(&self, x: &Tensor, mut ctx: Option<&mut TrainCtx>) -> Result<Tensor> {
-        let (a, _) = self.attn.forward(&self.norm1.forward(x)?)?;
-        let x = (x + drop_path(&a, self.drop_path, ctx.as_deref_mut())?)?;
-        let m = self.mlp.forward(&self.norm2.forward(&x)?)?;
-        x + drop_path(&m, self.drop_path, ctx)?
+        let b = x.dim(0)?;
+        let drop = drop_path_factors(self.drop_path, b, ctx.as_deref_mut());
+        let a = self
+            .attn
+            .forward(&self.norm1.forward(x)?, drop.as_deref())?;
+        let x = ops::residual_add(x, &a)?;
+        let drop = drop_path_factors(self.drop_path, b, ctx);
+        let m = self
+            .mlp
+            .forward(&self.norm2.forward(&x)?, drop.as_deref())?;
+        ops::residual_add(&x, &m)
     }
 }
 
@@ -430,7 +472,7 @@ impl VisionTransformer {
         for block in rest {
             x = block.forward(&x, None)?;
         }
-        let (_, attn) = last.attn.forward(&last.norm1.forward(&x)?)?;
+        let (_, attn) = last.attn.forward_with_attn(&last.norm1.forward(&x)?)?;
         Ok(attn)
     }
 }

@@ -255,3 +255,218 @@ fn vit_gradients_match_the_composed_path_for_every_weight() {
     }
     assert!(any_bit_difference, "fused kernels were not used");
 }
+
+/// Linear layers through the fused op (GEMM + bias + GELU + per-sample factors, one backward)
+/// against matmul + broadcast add + GELU + broadcast multiplication.
+#[test]
+fn linear_matches_composed_forward_and_gradients() {
+    use backbone::ops::{linear, Activation};
+    for (rows, k, n) in [
+        (1, 1, 1),
+        (6, 5, 3),
+        (40, 24, 72),
+        (394, 48, 144),
+        (3, 384, 1152),
+    ] {
+        for act in [Activation::Identity, Activation::Gelu] {
+            for scaled in [false, true] {
+                let inputs = [
+                    randn(&[rows, k], 1.0),
+                    randn(&[n, k], 0.3),
+                    randn(&[n], 1.0),
+                ];
+                // Rows grouped in samples of `per` rows; one sample dropped, others rescaled.
+                let per = if rows % 2 == 0 { rows / 2 } else { rows };
+                let factors: Vec<f32> = (0..rows / per)
+                    .map(|i| if i == 0 { 1.0 / 0.8 } else { 0.0 })
+                    .collect();
+                let what = format!("linear {rows}x{k}->{n} {act:?} scaled={scaled}");
+                assert_paths_agree(&what, &inputs, |t| {
+                    let scale = scaled.then_some((&factors[..], per));
+                    linear(t[0], t[1], t[2], act, scale, None)
+                });
+            }
+        }
+    }
+    // A transposed (strided) input and weight are read in place.
+    let inputs = [
+        randn(&[24, 30], 1.0),
+        randn(&[24, 16], 0.3),
+        randn(&[16], 1.0),
+    ];
+    assert_paths_agree("linear transposed", &inputs, |t| {
+        let x = t[0].t()?;
+        assert!(!x.is_contiguous());
+        let w = t[1].t()?; // [16, 24], strided
+        linear(&x, &w, t[2], Activation::Gelu, None, None)
+    });
+    let inputs = [randn(&[30, 24], 1.0), randn(&[24, 16], 0.3)];
+    assert_paths_agree("matmul_t", &inputs, |t| {
+        backbone::ops::autocast_matmul_t(t[0], &t[1].t()?, None)
+    });
+}
+
+/// qkv [B, T, 3·D] → heads → softmax(scale·q kᵀ) v → [B, T, D], composed from candle ops.
+fn attention_reference(qkv: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
+    let (b, t, d3) = qkv.dims3()?;
+    let (d, hd) = (d3 / 3, d3 / 3 / heads);
+    let qkv = qkv
+        .reshape((b, t, 3, heads, hd))?
+        .permute((2, 0, 3, 1, 4))?;
+    let q = qkv.get(0)?.contiguous()?;
+    let k = qkv.get(1)?.contiguous()?;
+    let v = qkv.get(2)?.contiguous()?;
+    let attn = softmax_last_dim(&(q.matmul(&k.t()?)? * scale)?)?;
+    attn.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))
+}
+
+#[test]
+fn fused_attention_matches_composed_forward_and_gradient() {
+    use backbone::ops::fused_attention;
+    for (b, t, heads, hd) in [
+        (1, 1, 1, 2),
+        (2, 5, 2, 4),
+        (3, 17, 3, 16),
+        (2, 197, 6, 64),
+        (4, 37, 6, 64),
+    ] {
+        let scale = (hd as f64).powf(-0.5);
+        let inputs = [randn(&[b, t, 3 * heads * hd], 1.5)];
+        assert_paths_agree(
+            &format!("attention b{b} t{t} h{heads} d{hd}"),
+            &inputs,
+            |x| match fused_attention(x[0], heads, scale, None)? {
+                Some(out) => Ok(out),
+                None => attention_reference(x[0], heads, scale),
+            },
+        );
+    }
+    // Inference (no gradient) takes the same kernels without keeping the probabilities.
+    let x = randn(&[2, 50, 3 * 48], 1.0);
+    let fused = fused_attention(&x, 3, 0.25, None).unwrap().unwrap();
+    let reference = attention_reference(&x, 3, 0.25).unwrap();
+    assert!(rel_err(&fused, &reference) < 1e-5);
+}
+
+/// Cosine similarity of two tensors' flattened values.
+fn cosine(a: &Tensor, b: &Tensor) -> f64 {
+    let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let dot: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb).max(1e-30)
+}
+
+fn round_bf16(t: &Tensor) -> Tensor {
+    t.to_dtype(DType::BF16)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+}
+
+/// bf16 compute (AMX where available): exactly the f32 product of bf16-rounded operands up to
+/// summation order; gradients stay close to f32.
+#[test]
+fn bf16_linear_and_attention_multiply_rounded_operands() {
+    use backbone::ops::{fused_attention, linear, Activation};
+    eprintln!("AMX: {}", backbone::ops::amx_available());
+    let x = randn(&[300, 96], 1.0);
+    let w = randn(&[200, 96], 0.05);
+    let b = randn(&[200], 1.0);
+    let y16 = linear(&x, &w, &b, Activation::Identity, None, Some(DType::BF16)).unwrap();
+    let y_ref = linear(
+        &round_bf16(&x),
+        &round_bf16(&w),
+        &b,
+        Activation::Identity,
+        None,
+        None,
+    )
+    .unwrap();
+    assert!(rel_err(&y16, &y_ref) < 1e-5, "{}", rel_err(&y16, &y_ref));
+    let y32 = linear(&x, &w, &b, Activation::Identity, None, None).unwrap();
+    assert!(rel_err(&y16, &y32) > 1e-5, "bf16 rounding left no trace");
+    let qkv = randn(&[2, 40, 3 * 64], 1.0);
+    let a16 = fused_attention(&qkv, 2, 0.17, Some(DType::BF16))
+        .unwrap()
+        .unwrap();
+    let a32 = fused_attention(&qkv, 2, 0.17, None).unwrap().unwrap();
+    assert!(cosine(&a16, &a32) > 0.9999, "{}", cosine(&a16, &a32));
+    // Gradients of every input through both ops, bf16 against f32.
+    let vars: Vec<Var> = [x, w, b]
+        .iter()
+        .map(|t| Var::from_tensor(t).unwrap())
+        .collect();
+    let grads = |compute: Option<DType>| {
+        let h = linear(
+            vars[0].as_tensor(),
+            vars[1].as_tensor(),
+            vars[2].as_tensor(),
+            Activation::Gelu,
+            None,
+            compute,
+        )
+        .unwrap();
+        let h = h.narrow(1, 0, 192).unwrap().reshape((2, 150, 192)).unwrap();
+        let a = fused_attention(&h, 2, 0.2, compute).unwrap().unwrap();
+        let store = a.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        vars.iter()
+            .map(|v| store.get(v.as_tensor()).unwrap().clone())
+            .collect::<Vec<_>>()
+    };
+    let (g16, g32) = (grads(Some(DType::BF16)), grads(None));
+    for (i, (a, b)) in g16.iter().zip(&g32).enumerate() {
+        let c = cosine(a, b);
+        assert!(c > 0.999, "gradient {i}: cosine {c}");
+    }
+}
+
+#[test]
+fn bf16_vit_gives_every_weight_a_gradient_close_to_f32() {
+    let cfg = small_vit();
+    let dev = Device::Cpu;
+    let (varmap, model) =
+        build_trainable(&cfg, init_weights(&cfg, 5).unwrap(), DType::F32, &dev).unwrap();
+    let model16 = {
+        let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+        backbone::VisionTransformer::new(&cfg, vb)
+            .unwrap()
+            .with_compute_dtype(DType::BF16)
+    };
+    let x = Tensor::randn(0f32, 1.0, (2, 3, 32, 32), &dev).unwrap();
+    let target = Tensor::randn(0f32, 1.0, (2, 65, 48), &dev).unwrap();
+    let run = |m: &backbone::VisionTransformer| {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let y = m
+            .forward_tokens(&x, None, Some(&mut TrainCtx { rng: &mut rng }))
+            .unwrap();
+        let grads = (&y * &target)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        (y, grads)
+    };
+    let (y32, g32) = run(&model);
+    let (y16, g16) = run(&model16);
+    assert!(cosine(&y16, &y32) > 0.999, "{}", cosine(&y16, &y32));
+    let data = varmap.data().lock().unwrap();
+    for (name, var) in data.iter() {
+        // Without a mask, masked_embed is unused: no gradient in either precision.
+        let Some(b) = g32.get(var.as_tensor()) else {
+            assert!(
+                g16.get(var.as_tensor()).is_none(),
+                "{name}: bf16-only gradient"
+            );
+            continue;
+        };
+        let a = g16
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("{name}: no bf16 gradient"));
+        assert!(max_abs(a) > 0.0, "{name}: zero bf16 gradient");
+        let c = cosine(a, b);
+        assert!(c > 0.99, "{name}: bf16 gradient cosine {c}");
+    }
+}

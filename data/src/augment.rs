@@ -140,24 +140,58 @@ impl ColorJitter {
     }
 }
 
+/// iBOT's colour pipeline knobs (ibot-reference §6), with the official values as the default:
+/// `RandomApply(ColorJitter(0.4, 0.4, 0.2, 0.1), p=0.8)`, `RandomGrayscale(0.2)`, and for the
+/// second and later global crops `Solarization(p=0.2)`. A recipe for grey 28-px images can switch
+/// the ops that do nothing (saturation, hue, grayscale) or harm (solarize) off; the draws keep
+/// their order whatever the probabilities, so a setting changes only what it names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IbotColor {
+    pub jitter: ColorJitter,
+    /// Probability of applying the jitter.
+    pub jitter_p: f64,
+    pub grayscale_p: f64,
+    /// Probability of solarizing (threshold 128) global crops 2..G.
+    pub solarize_p: f64,
+    /// Gaussian-blur probability of global crop 1, of global crops 2..G and of the local crops
+    /// (official 1.0 / 0.1 / 0.5).
+    pub blur_p: (f64, f64, f64),
+}
+
+impl Default for IbotColor {
+    fn default() -> Self {
+        IbotColor {
+            jitter: ColorJitter::ibot(),
+            jitter_p: 0.8,
+            grayscale_p: 0.2,
+            solarize_p: 0.2,
+            blur_p: IBOT_BLUR_P,
+        }
+    }
+}
+
+/// The official blur probabilities: global crop 1, global crops 2..G, local crops.
+pub const IBOT_BLUR_P: (f64, f64, f64) = (1.0, 0.1, 0.5);
+
 /// The flip / jitter / grayscale tail shared by every iBOT crop.
-fn flip_and_color(img: RgbImage, rng: &mut SampleRng) -> RgbImage {
+fn flip_and_color(img: RgbImage, color: &IbotColor, rng: &mut SampleRng) -> RgbImage {
     let mut img = img;
     if rng.random::<f64>() < 0.5 {
         img = transforms::hflip(&img);
     }
-    if rng.random::<f64>() < 0.8 {
-        img = ColorJitter::ibot().apply(&img, rng);
+    if rng.random::<f64>() < color.jitter_p {
+        img = color.jitter.apply(&img, rng);
     }
-    if rng.random::<f64>() < 0.2 {
+    if rng.random::<f64>() < color.grayscale_p {
         img = color::rgb_to_grayscale(&img);
     }
     img
 }
 
-/// iBOT's `utils.GaussianBlur(p)`: radius ~ U(0.1, 2.0) officially, applied when a uniform draw ≤ p.
+/// iBOT's `utils.GaussianBlur(p)`: radius ~ U(0.1, 2.0) officially, applied when a uniform draw ≤ p
+/// (p = 0 never applies it).
 fn maybe_blur(img: RgbImage, p: f64, radius: (f64, f64), rng: &mut SampleRng) -> RgbImage {
-    let apply = rng.random::<f64>() <= p;
+    let apply = rng.random::<f64>() <= p && p > 0.0;
     if apply {
         let radius: f64 = rng.random_range(radius.0..=radius.1);
         color::gaussian_blur(&img, radius as f32)
@@ -177,6 +211,8 @@ pub struct IbotAugment {
     pub local_crops: usize,
     /// Gaussian blur radius range in pixels; the official (0.1, 2.0) is sized for 224-px crops.
     pub blur_radius: (f64, f64),
+    /// Jitter strengths and the probabilities of jitter, grayscale, solarize and blur.
+    pub color: IbotColor,
 }
 
 /// The official blur radius range.
@@ -193,21 +229,23 @@ impl IbotAugment {
             global_crops: 2,
             local_crops,
             blur_radius: IBOT_BLUR_RADIUS,
+            color: IbotColor::default(),
         }
     }
 
     /// Crops in iBOT's order [global1, global2.., local1..], each CHW normalized.
     pub fn apply(&self, img: &RgbImage, rng: &mut SampleRng) -> Vec<Vec<f32>> {
+        let color = &self.color;
         let mut crops = Vec::with_capacity(self.global_crops + self.local_crops);
         let global =
             RandomResizedCrop::new(self.global_size, self.global_scale, Interpolation::Bicubic);
         for g in 0..self.global_crops {
-            let mut c = flip_and_color(global.apply(img, rng), rng);
+            let mut c = flip_and_color(global.apply(img, rng), color, rng);
             if g == 0 {
-                c = maybe_blur(c, 1.0, self.blur_radius, rng);
+                c = maybe_blur(c, color.blur_p.0, self.blur_radius, rng);
             } else {
-                c = maybe_blur(c, 0.1, self.blur_radius, rng);
-                if rng.random::<f64>() < 0.2 {
+                c = maybe_blur(c, color.blur_p.1, self.blur_radius, rng);
+                if rng.random::<f64>() < color.solarize_p {
                     c = color::solarize(&c, 128);
                 }
             }
@@ -220,8 +258,8 @@ impl IbotAugment {
         let local =
             RandomResizedCrop::new(self.local_size, self.local_scale, Interpolation::Bicubic);
         for _ in 0..self.local_crops {
-            let c = flip_and_color(local.apply(img, rng), rng);
-            let c = maybe_blur(c, 0.5, self.blur_radius, rng);
+            let c = flip_and_color(local.apply(img, rng), color, rng);
+            let c = maybe_blur(c, color.blur_p.2, self.blur_radius, rng);
             crops.push(transforms::to_normalized_chw(
                 &c,
                 IMAGENET_MEAN,
@@ -249,6 +287,14 @@ pub enum Transform {
 }
 
 impl Transform {
+    /// Why `img` cannot go through this transform, if it cannot.
+    pub fn check_input(&self, img: &RgbImage) -> std::result::Result<(), String> {
+        match self {
+            Transform::FinetuneEval(t) => t.check_input(img),
+            _ => Ok(()),
+        }
+    }
+
     /// Output (channels, height, width).
     pub fn output_shape(&self) -> (usize, usize, usize) {
         let s = match *self {

@@ -227,17 +227,26 @@ impl FinetuneEvalTransform {
         }
     }
 
-    /// Into a CHW slice of `3 × size × size`. Panics when the ≤ 32 px path gets an image of another
-    /// size: the official pipeline would return that size and fail at collation.
+    /// The ≤ 32 px path does not resize, so it takes only images of exactly its size (the official
+    /// pipeline would return another size and fail at collation).
+    pub fn check_input(&self, img: &RgbImage) -> Result<(), String> {
+        if self.resize.is_none() && (img.width() != self.size || img.height() != self.size) {
+            return Err(format!(
+                "fine-tuning eval at {} px without resize needs {0}x{0} images, got {}x{}",
+                self.size,
+                img.width(),
+                img.height()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Into a CHW slice of `3 × size × size` (see [`Self::check_input`]; panics on what it refuses).
     pub fn apply_into(&self, img: &RgbImage, out: &mut [f32]) {
+        if let Err(e) = self.check_input(img) {
+            panic!("{e}");
+        }
         let img = self.apply_image(img);
-        assert!(
-            img.width() == self.size && img.height() == self.size,
-            "fine-tuning eval at {} px without resize needs {0}x{0} images, got {}x{}",
-            self.size,
-            img.width(),
-            img.height()
-        );
         transforms::write_normalized_chw(&img, self.mean, self.std, out);
     }
 }

@@ -227,6 +227,7 @@ impl Loader {
         if self.config.drop_last && chunks.last().is_some_and(|c| c.0.len() < bs) {
             chunks.pop();
         }
+        let remaining = chunks.len().saturating_sub(skip);
         let (tx, rx) = sync_channel(self.config.prefetch.max(1));
         let skipped = Arc::new(AtomicUsize::new(0));
         let dataset = self.dataset.clone();
@@ -251,7 +252,11 @@ impl Loader {
                 }
             }
         });
-        EpochIter { rx, skipped }
+        EpochIter {
+            rx,
+            skipped,
+            remaining,
+        }
     }
 }
 
@@ -273,6 +278,9 @@ fn make_batch(
             let img = dataset.load(i)?;
             let mut rng = sample_rng(config.seed, epoch, key);
             let mut out = vec![0f32; per];
+            transform
+                .check_input(&img)
+                .map_err(|e| DataError::Invalid(format!("image {i} of the dataset: {e}")))?;
             transform.apply_into(&img, &mut rng, &mut out);
             Ok(out)
         })
@@ -311,6 +319,8 @@ fn make_batch(
 pub struct EpochIter {
     rx: Receiver<Result<Batch>>,
     skipped: Arc<AtomicUsize>,
+    /// Batches still owed; a producer that dies early (a panic) is an error, not a short epoch.
+    remaining: usize,
 }
 
 impl EpochIter {
@@ -323,6 +333,18 @@ impl EpochIter {
 impl Iterator for EpochIter {
     type Item = Result<Batch>;
     fn next(&mut self) -> Option<Self::Item> {
-        self.rx.recv().ok()
+        match self.rx.recv() {
+            Ok(batch) => {
+                self.remaining = self.remaining.saturating_sub(1);
+                Some(batch)
+            }
+            Err(_) if self.remaining > 0 => {
+                let owed = std::mem::take(&mut self.remaining);
+                Some(Err(DataError::Invalid(format!(
+                    "the loader stopped with {owed} batches of the epoch left (a worker panicked; see above)"
+                ))))
+            }
+            Err(_) => None,
+        }
     }
 }

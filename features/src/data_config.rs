@@ -47,6 +47,13 @@ impl DataConfig {
         }
     }
 
+    /// Makes relative split paths relative to `base` (what [`DataConfig::load`] does with the
+    /// config file's directory), for configs written inline in another file.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        self.train.resolve(base);
+        self.val.resolve(base);
+    }
+
     pub fn split(&self, split: Split) -> &SplitSource {
         match split {
             Split::Train => &self.train,

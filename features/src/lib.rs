@@ -9,6 +9,7 @@
 
 pub mod data_config;
 pub mod file;
+pub mod pixels;
 pub mod progress;
 pub mod spec;
 pub mod store;
@@ -95,6 +96,7 @@ pub struct ModelSource {
 
 pub use data_config::{class_names, open_split, open_split_data, SplitData};
 pub use file::{read_feature_file, write_feature_file, FeatureFile};
+pub use pixels::PixelSource;
 pub use progress::Progress;
 pub use store::{default_device, sha256_file, FeatureStore};
 

@@ -27,6 +27,7 @@ use sha2::{Digest, Sha256};
 
 use crate::data_config::{open_split_data, split_name, SplitData};
 use crate::file::{read_feature_file, write_feature_file};
+use crate::pixels::PixelSource;
 use crate::progress::Progress;
 use crate::{DataConfig, FeatureSpec, Features, ModelSource, Split};
 
@@ -119,6 +120,10 @@ impl FeatureStore {
         split: Split,
         spec: &FeatureSpec,
     ) -> Result<String> {
+        if let Some(px) = model.pixels()? {
+            let split_data = open_split_data(data, split)?;
+            return Ok(pixel_key_of(&px, &split_data, data));
+        }
         let resolved = self.resolve_model(model)?;
         let split_data = open_split_data(data, split)?;
         Ok(key_of(&resolved, &split_data, data, spec))
@@ -132,6 +137,9 @@ impl FeatureStore {
         split: Split,
         spec: &FeatureSpec,
     ) -> Result<Features> {
+        if let Some(px) = model.pixels()? {
+            return self.get_pixels(&px, data, split, spec);
+        }
         let begun = Instant::now();
         let resolved = self.resolve_model(model)?;
         spec.validate(&resolved.config)
@@ -216,6 +224,133 @@ impl FeatureStore {
             split_name(split),
             x.nrows(),
             x.ncols(),
+            seconds,
+            path.display()
+        ));
+        Ok(self.features(x, &split_data, manifest))
+    }
+
+    /// The pixel baseline's features ([`crate::pixels`]): cached like a model's, computed in one
+    /// parallel pass (no model, no chunks).
+    fn get_pixels(
+        &self,
+        px: &PixelSource,
+        data: &DataConfig,
+        split: Split,
+        spec: &FeatureSpec,
+    ) -> Result<Features> {
+        use rayon::prelude::*;
+        if *spec == FeatureSpec::HeadLogits {
+            bail!(
+                "{}: the pixel baseline has no projection head (head logits)",
+                px.name()
+            );
+        }
+        let begun = Instant::now();
+        let split_data = open_split_data(data, split)?;
+        let key = pixel_key_of(px, &split_data, data);
+        let t = data.transform;
+        let mut manifest = json!({
+            "checkpoint": {
+                "path": px.name(),
+                "kind": "pixels",
+                "thumbnail": px.size,
+                "note": "raw pixels of the eval crop in [0, 1] (x / 255, CHW), no model",
+            },
+            "data": {
+                "name": data.name,
+                "split": split_name(split),
+                "source": data.split(split),
+                "list_hash": split_data.list_hash,
+                "num_images": split_data.dataset.len(),
+                "num_classes": split_data.class_names.len(),
+            },
+            "transform": transform_json(data),
+            "features": {
+                "spec": px.name(),
+                "requested_spec": spec.to_string(),
+                "layout": "pixels",
+                "dim": px.dim(t.crop),
+            },
+            "cache": {
+                "key": key,
+                "dir": self.root.display().to_string(),
+                "file": format!("{key}.safetensors"),
+                "from_cache": Value::Null,
+            },
+            "extraction": Value::Null,
+            "features_version": env!("CARGO_PKG_VERSION"),
+        });
+        let path = self.cache_path(&key);
+        if path.exists() {
+            match self.read_cached(&path, &key, &split_data) {
+                Ok((x, stored)) => {
+                    manifest["cache"]["from_cache"] = json!(true);
+                    manifest["cache"]["lookup_seconds"] = json!(begun.elapsed().as_secs_f64());
+                    manifest["extraction"] = stored["extraction"].clone();
+                    return Ok(self.features(x, &split_data, manifest));
+                }
+                Err(e) => {
+                    self.progress
+                        .println(format!("warning: ignoring unreadable cache entry: {e:#}"));
+                    std::fs::remove_file(&path).with_context(|| {
+                        format!("{}: cannot remove the broken cache entry", path.display())
+                    })?;
+                }
+            }
+        }
+        let start = Instant::now();
+        let n = split_data.dataset.len();
+        let dim = px.dim(t.crop);
+        let rows: Vec<Vec<f32>> = (0..n)
+            .into_par_iter()
+            .map(|i| -> Result<Vec<f32>> {
+                let img = split_data
+                    .dataset
+                    .load(i)
+                    .with_context(|| format!("{} {}: image {i}", data.name, split_name(split)))?;
+                Ok(px.row(&img, t.resize, t.crop))
+            })
+            .collect::<Result<_>>()?;
+        let mut x = Array2::<f32>::zeros((n, dim));
+        for (i, r) in rows.iter().enumerate() {
+            if r.len() != dim {
+                bail!(
+                    "{} {}: image {i} gave {} pixel values, expected {dim}",
+                    data.name,
+                    split_name(split),
+                    r.len()
+                );
+            }
+            x.row_mut(i)
+                .assign(&ndarray::ArrayView1::from(r.as_slice()));
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        manifest["cache"]["from_cache"] = json!(false);
+        manifest["extraction"] = json!({
+            "seconds": seconds,
+            "images": n,
+            "images_per_second": n as f64 / seconds.max(1e-9),
+            "device": "cpu (no model)",
+            "dtype": "f32",
+            "finished_unix": SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        });
+        let labels: Vec<i64> = (0..n).map(|i| split_data.dataset.label(i) as i64).collect();
+        write_feature_file(
+            &path,
+            &x,
+            &labels,
+            &split_data.class_names,
+            &manifest,
+            HashMap::from([("cache_key".to_string(), key.clone())]),
+        )?;
+        self.progress.println(format!(
+            "features: {} {} ({} × {}) {} in {:.1} s, cached in {}",
+            data.name,
+            split_name(split),
+            n,
+            dim,
+            px.name(),
             seconds,
             path.display()
         ));
@@ -592,6 +727,19 @@ fn key_of(
         "list_hash": split.list_hash,
         "transform": transform_json(data),
         "features": spec.canonical(),
+    });
+    let digest = Sha256::digest(description.to_string().as_bytes());
+    format!("{digest:x}")[..32].to_string()
+}
+
+/// The cache key of the pixel baseline: the pixels request, the split's content and the
+/// transform (no checkpoint, and every feature layout shares it).
+fn pixel_key_of(px: &PixelSource, split: &SplitData, data: &DataConfig) -> String {
+    let description = json!({
+        "store_version": STORE_VERSION,
+        "pixels": {"thumbnail": px.size, "scale": "x / 255", "layout": "chw"},
+        "list_hash": split.list_hash,
+        "transform": transform_json(data),
     });
     let digest = Sha256::digest(description.to_string().as_bytes());
     format!("{digest:x}")[..32].to_string()

@@ -26,6 +26,74 @@ pub struct PretrainConfig {
     pub optim: OptimSection,
     #[serde(default)]
     pub run: RunSection,
+    /// k-NN of the teacher on a labelled data set every few epochs, logged in log.jsonl
+    /// (monitoring only: it never changes the training).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval: Option<EvalSection>,
+}
+
+/// `[eval]`: DINO's weighted k-NN (L2-normalised final-norm CLS of the teacher, as
+/// `ibot eval knn` computes it) on a labelled train/val pair, at the end of every `every`-th
+/// epoch, at the last one, and (`at_start`) on the initial weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSection {
+    /// A data config (`configs/data/*.toml`, relative to the recipe) or the same table inline.
+    pub data: EvalData,
+    /// Evaluate after every `every` epochs (and always after the last).
+    #[serde(default = "one")]
+    pub every: usize,
+    #[serde(default = "default_eval_k")]
+    pub k: Vec<usize>,
+    #[serde(default = "default_eval_temperature")]
+    pub temperature: f32,
+    /// Also evaluate the initial weights (the curve's epoch-0 point).
+    #[serde(default = "yes")]
+    pub at_start: bool,
+    /// Images per teacher forward pass.
+    #[serde(default = "default_eval_batch")]
+    pub batch_size: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EvalData {
+    File(PathBuf),
+    Inline(features::DataConfig),
+}
+
+impl EvalData {
+    /// The labelled data set (the file is read and checked).
+    pub fn config(&self) -> Result<features::DataConfig> {
+        match self {
+            EvalData::File(path) => features::DataConfig::load(path),
+            EvalData::Inline(cfg) => {
+                cfg.validate()?;
+                Ok(cfg.clone())
+            }
+        }
+    }
+
+    fn resolve(&mut self, base: &Path) {
+        match self {
+            EvalData::File(p) => {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+            EvalData::Inline(cfg) => cfg.resolve_paths(base),
+        }
+    }
+}
+
+fn default_eval_k() -> Vec<usize> {
+    vec![10, 20]
+}
+fn default_eval_temperature() -> f32 {
+    0.07
+}
+fn default_eval_batch() -> usize {
+    256
 }
 
 /// A preset (`vit_small`, `vit_small/8`, …) with optional overrides, so CPU recipes can shrink it.
@@ -101,10 +169,71 @@ pub struct CropsSection {
     /// Gaussian blur radius range in pixels (official: [0.1, 2.0], sized for 224-px crops).
     #[serde(default = "default_blur_radius")]
     pub blur_radius: (f64, f64),
+    /// Blur probability of global crop 1, global crops 2..G and the local crops (official
+    /// [1.0, 0.1, 0.5]).
+    #[serde(default = "default_blur_p")]
+    pub blur_p: (f64, f64, f64),
+    /// ColorJitter strengths: brightness, contrast, saturation, hue (official [0.4, 0.4, 0.2, 0.1]).
+    #[serde(default = "default_jitter")]
+    pub jitter: (f32, f32, f32, f32),
+    /// Probability of applying the jitter (official 0.8).
+    #[serde(default = "default_jitter_p")]
+    pub jitter_p: f64,
+    /// RandomGrayscale probability (official 0.2).
+    #[serde(default = "default_grayscale_p")]
+    pub grayscale_p: f64,
+    /// Solarization probability of global crops 2..G (official 0.2). Solarize(128) inverts a
+    /// bright figure on a dark ground (Fashion-MNIST), so grey-image recipes switch it off.
+    #[serde(default = "default_solarize_p")]
+    pub solarize_p: f64,
 }
 
 fn default_blur_radius() -> (f64, f64) {
     data::augment::IBOT_BLUR_RADIUS
+}
+fn default_blur_p() -> (f64, f64, f64) {
+    data::augment::IBOT_BLUR_P
+}
+fn default_jitter() -> (f32, f32, f32, f32) {
+    let j = data::augment::ColorJitter::ibot();
+    (j.brightness, j.contrast, j.saturation, j.hue)
+}
+fn default_jitter_p() -> f64 {
+    0.8
+}
+fn default_grayscale_p() -> f64 {
+    0.2
+}
+fn default_solarize_p() -> f64 {
+    0.2
+}
+
+impl CropsSection {
+    /// The per-crop pipelines these settings describe.
+    pub fn augment(&self) -> data::augment::IbotAugment {
+        let (brightness, contrast, saturation, hue) = self.jitter;
+        data::augment::IbotAugment {
+            global_size: self.global_size,
+            local_size: self.local_size,
+            global_scale: self.global_scale,
+            local_scale: self.local_scale,
+            global_crops: self.global_crops,
+            local_crops: self.local_crops,
+            blur_radius: self.blur_radius,
+            color: data::augment::IbotColor {
+                jitter: data::augment::ColorJitter {
+                    brightness,
+                    contrast,
+                    saturation,
+                    hue,
+                },
+                jitter_p: self.jitter_p,
+                grayscale_p: self.grayscale_p,
+                solarize_p: self.solarize_p,
+                blur_p: self.blur_p,
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -247,6 +376,9 @@ impl PretrainConfig {
             toml::from_str(&text).with_context(|| format!("{}: invalid recipe", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         cfg.data.resolve(base);
+        if let Some(e) = &mut cfg.eval {
+            e.data.resolve(base);
+        }
         cfg.validate()
             .with_context(|| format!("{}: invalid recipe", path.display()))?;
         Ok(cfg)
@@ -280,6 +412,25 @@ impl PretrainConfig {
         if !(0.0 < lo && lo <= hi) {
             bail!("crops.blur_radius must satisfy 0 < min <= max, got ({lo}, {hi})");
         }
+        let (b1, b2, b3) = c.blur_p;
+        for (name, p) in [
+            ("blur_p[0]", b1),
+            ("blur_p[1]", b2),
+            ("blur_p[2]", b3),
+            ("jitter_p", c.jitter_p),
+            ("grayscale_p", c.grayscale_p),
+            ("solarize_p", c.solarize_p),
+        ] {
+            if !(0.0..=1.0).contains(&p) {
+                bail!("crops.{name} is a probability, got {p}");
+            }
+        }
+        let (jb, jc, js, jh) = c.jitter;
+        if jb < 0.0 || jc < 0.0 || js < 0.0 || !(0.0..=0.5).contains(&jh) {
+            bail!(
+                "crops.jitter: brightness, contrast and saturation must be >= 0 and hue in [0, 0.5], got ({jb}, {jc}, {js}, {jh})"
+            );
+        }
         self.mask.validate()?;
         let o = &self.optim;
         if o.epochs == 0 || o.batch_size == 0 {
@@ -297,6 +448,36 @@ impl PretrainConfig {
         if self.head.out_dim == 0 || self.head.bottleneck_dim == 0 || self.head.hidden_dim == 0 {
             bail!("head dimensions must be positive");
         }
+        if let Some(e) = &self.eval {
+            if e.every == 0 || e.batch_size == 0 {
+                bail!("eval.every and eval.batch_size must be positive");
+            }
+            if e.k.is_empty() || e.k.contains(&0) {
+                bail!("eval.k must list positive neighbour counts");
+            }
+            if !(e.temperature > 0.0) {
+                bail!("eval.temperature must be positive");
+            }
+        }
+        Ok(())
+    }
+
+    /// Points the `[eval]` section (if any) at two labelled ImageFolder directories, keeping its
+    /// transform (what `ibot demo` does with the scenes it generates).
+    pub fn set_eval_folders(&mut self, train: &Path, val: &Path) -> Result<()> {
+        let Some(e) = &mut self.eval else {
+            return Ok(());
+        };
+        let (name, transform) = match &e.data {
+            EvalData::Inline(cfg) => (cfg.name.clone(), cfg.transform),
+            EvalData::File(_) => {
+                let cfg = e.data.config()?;
+                (cfg.name, cfg.transform)
+            }
+        };
+        e.data = EvalData::Inline(features::DataConfig::image_folder(
+            name, train, val, transform,
+        ));
         Ok(())
     }
 

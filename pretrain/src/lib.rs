@@ -6,6 +6,7 @@ pub mod collective;
 pub mod config;
 pub mod loss;
 pub mod mask;
+pub mod monitor;
 pub mod multicrop;
 pub mod parallel;
 pub mod schedule;

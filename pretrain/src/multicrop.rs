@@ -127,15 +127,7 @@ impl MultiCropLoader {
         };
         Ok(MultiCropLoader {
             dataset,
-            augment: IbotAugment {
-                global_size: crops.global_size,
-                local_size: crops.local_size,
-                global_scale: crops.global_scale,
-                local_scale: crops.local_scale,
-                global_crops: crops.global_crops,
-                local_crops: crops.local_crops,
-                blur_radius: crops.blur_radius,
-            },
+            augment: crops.augment(),
             masks: Arc::new(masks),
             batch_size,
             seed,

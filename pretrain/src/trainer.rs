@@ -21,6 +21,7 @@ use crate::collective::{all_gather, mean_scalars, Collective, SingleProcess};
 use crate::config::PretrainConfig;
 use crate::loss::IbotLoss;
 use crate::mask::MaskGenerator;
+use crate::monitor::KnnMonitor;
 use crate::multicrop::{mix, open_dataset, MultiCropBatch, MultiCropLoader};
 use train::device::{compute_dtype, device_name, dtype_name};
 use train::ema::Ema;
@@ -102,6 +103,8 @@ pub struct Trainer {
     comm: Box<dyn Collective>,
     compute: DType,
     run_dir: RunDir,
+    /// The `[eval]` k-NN monitor (rank 0 only).
+    monitor: Option<KnnMonitor>,
 }
 
 impl Trainer {
@@ -301,7 +304,12 @@ impl Trainer {
         }
 
         let run_dir = RunDir::create(&opts.out)?;
+        let monitor = match (&cfg.eval, comm.is_main()) {
+            (Some(section), true) => Some(KnnMonitor::new(section, s_vit.patch_size)?),
+            _ => None,
+        };
         let trainer = Trainer {
+            monitor,
             run_dir,
             cfg,
             opts,
@@ -365,7 +373,6 @@ impl Trainer {
         let started = Instant::now();
         let mut step_seconds = Vec::new();
         let mut images = 0usize;
-        let ipe = self.state.iters_per_epoch;
         let world = self.comm.world_size();
         self.log(json!({
             "event": "run_start", "step": self.state.step, "epoch": self.state.epoch,
@@ -373,6 +380,10 @@ impl Trainer {
             "collective": self.comm.kind(), "device": device_name(&self.device),
             "batch_size_per_rank": self.cfg.optim.batch_size,
         }))?;
+        if self.state.step == 0 && self.monitor.as_ref().is_some_and(|m| m.at_start()) {
+            bar.set_message("k-NN of the initial teacher");
+            self.log_knn(json!({"step": 0, "epochs_done": 0}))?;
+        }
         'epochs: while self.state.step < total {
             let epoch = self.state.epoch;
             let rx = self.loader.epoch(epoch, self.state.step_in_epoch, 2);
@@ -384,7 +395,8 @@ impl Trainer {
             for batch in rx {
                 let batch = batch.with_context(|| format!("preparing a batch of epoch {epoch}"))?;
                 let t0 = Instant::now();
-                let rec = self.train_step(&batch)?;
+                let step = self.state.step;
+                let (rec, epoch_done) = self.train_batch(&batch)?;
                 let secs = t0.elapsed().as_secs_f64();
                 step_seconds.push(secs);
                 images += batch.batch * world;
@@ -392,10 +404,6 @@ impl Trainer {
                 truth.extend(rec.labels.iter().map(|&l| l as i64));
                 epoch_loss += rec.loss;
                 epoch_steps += 1;
-                let step = self.state.step;
-                self.state.step += 1;
-                self.state.step_in_epoch += 1;
-                self.state.last_loss = Some(rec.loss);
                 if self.cfg.run.log_every > 0 && step % self.cfg.run.log_every == 0 {
                     self.log(json!({
                         "epoch": epoch, "step": step, "loss": rec.loss, "cls": rec.cls,
@@ -419,11 +427,6 @@ impl Trainer {
                 ));
                 bar.inc(1);
                 let every = self.cfg.run.checkpoint_every;
-                let epoch_done = self.state.step_in_epoch == ipe;
-                if epoch_done {
-                    self.state.epoch += 1;
-                    self.state.step_in_epoch = 0;
-                }
                 if epoch_done
                     || (every > 0 && self.state.step % every == 0)
                     || self.state.step >= total
@@ -449,6 +452,16 @@ impl Trainer {
                 "nmi": scores.map(|s| s.nmi), "ari": scores.map(|s| s.ari), "fmi": scores.map(|s| s.fmi),
                 "seconds": epoch_start.elapsed().as_secs_f64(),
             }))?;
+            let due = self
+                .monitor
+                .as_ref()
+                .is_some_and(|m| m.due(epoch, self.cfg.optim.epochs));
+            if due {
+                bar.set_message(format!("ep {epoch}: k-NN of the teacher"));
+                self.log_knn(json!({
+                    "epoch": epoch, "step": self.state.step, "epochs_done": epoch + 1,
+                }))?;
+            }
         }
         bar.finish_and_clear();
         let seconds = started.elapsed().as_secs_f64();
@@ -471,6 +484,83 @@ impl Trainer {
             )?;
         }
         Ok(summary)
+    }
+
+    /// One training step on `batch` at the current position, then the position advanced (the
+    /// epoch rolls over after its last batch). Returns the step's record and whether it ended an
+    /// epoch. Nothing is logged or saved: [`Trainer::run`] does that.
+    pub fn train_batch(&mut self, batch: &MultiCropBatch) -> Result<(StepRecord, bool)> {
+        let rec = self.train_step(batch)?;
+        self.state.step += 1;
+        self.state.step_in_epoch += 1;
+        self.state.last_loss = Some(rec.loss);
+        let epoch_done = self.state.step_in_epoch == self.state.iters_per_epoch;
+        if epoch_done {
+            self.state.epoch += 1;
+            self.state.step_in_epoch = 0;
+        }
+        Ok((rec, epoch_done))
+    }
+
+    /// The iBOT loss (its centres).
+    pub fn loss(&self) -> &IbotLoss {
+        &self.loss
+    }
+
+    /// The student's weights by name (`backbone.*`, `head.*`), sorted.
+    pub fn student_weights(&self) -> Vec<(String, Tensor)> {
+        sorted_vars(&self.student_vars)
+            .into_iter()
+            .map(|(k, v)| (k, v.as_detached_tensor()))
+            .collect()
+    }
+
+    /// The teacher's weights by name, sorted.
+    pub fn teacher_weights(&self) -> Vec<(String, Tensor)> {
+        sorted_vars(&self.teacher_vars)
+            .into_iter()
+            .map(|(k, v)| (k, v.as_detached_tensor()))
+            .collect()
+    }
+
+    /// Overwrites every student and teacher weight (before the first step: the optimizer has
+    /// no moments yet) — how a test starts from another implementation's initialisation.
+    pub fn set_weights(
+        &mut self,
+        student: &HashMap<String, Tensor>,
+        teacher: &HashMap<String, Tensor>,
+    ) -> Result<()> {
+        for (what, map, values) in [
+            ("student", &self.student_vars, student),
+            ("teacher", &self.teacher_vars, teacher),
+        ] {
+            for (name, var) in sorted_vars(map) {
+                let t = values
+                    .get(&name)
+                    .with_context(|| format!("{what} weight {name} is missing"))?;
+                if t.dims() != var.dims() {
+                    bail!(
+                        "{what} weight {name} has shape {:?}, the model needs {:?}",
+                        t.dims(),
+                        var.dims()
+                    );
+                }
+                var.set(&t.to_dtype(DType::F32)?.to_device(&self.device)?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The teacher's k-NN on the `[eval]` data, logged as one `knn` event with `position`.
+    fn log_knn(&self, position: serde_json::Value) -> Result<()> {
+        let Some(monitor) = &self.monitor else {
+            return Ok(());
+        };
+        let mut line = monitor.evaluate(&self.teacher.backbone, &self.device)?;
+        if let (Some(line), serde_json::Value::Object(pos)) = (line.as_object_mut(), position) {
+            line.extend(pos);
+        }
+        self.log(line)
     }
 
     fn train_step(&mut self, batch: &MultiCropBatch) -> Result<StepRecord> {
@@ -674,28 +764,30 @@ fn check_compatible(saved: &PretrainConfig, now: &PretrainConfig, path: &Path) -
         c.run.checkpoint_every = 0;
         c.run.log_every = 1;
         c.run.loader_threads = 0;
+        c.eval = None;
         Ok(serde_json::to_value(c)?)
     };
     train::checkpoint::check_compatible(&strip(saved)?, &strip(now)?, path)
 }
 
-struct StepRecord {
-    loss: f64,
-    cls: f64,
-    patch: f64,
-    lr: f64,
-    wd: f64,
-    momentum: f64,
-    teacher_temp: f64,
-    teacher_patch_temp: f64,
-    entropy: f64,
-    batch_entropy: f64,
-    agreement: f64,
-    masked_fraction: f64,
+/// What one step did (the fields of its log.jsonl line).
+pub struct StepRecord {
+    pub loss: f64,
+    pub cls: f64,
+    pub patch: f64,
+    pub lr: f64,
+    pub wd: f64,
+    pub momentum: f64,
+    pub teacher_temp: f64,
+    pub teacher_patch_temp: f64,
+    pub entropy: f64,
+    pub batch_entropy: f64,
+    pub agreement: f64,
+    pub masked_fraction: f64,
     /// Teacher argmax on global view 0 and the labels, of the global batch.
-    teacher_view0: Vec<u32>,
-    labels: Vec<usize>,
-    phases: Vec<(&'static str, f64)>,
+    pub teacher_view0: Vec<u32>,
+    pub labels: Vec<usize>,
+    pub phases: Vec<(&'static str, f64)>,
 }
 
 /// DDP: every trainable parameter's gradient replaced by its mean over the ranks, before the

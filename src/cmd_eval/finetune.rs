@@ -50,8 +50,8 @@ pub struct FinetuneArgs {
     arch: Option<String>,
     /// Run directory: result.json, predictions.txt, model.safetensors, log.jsonl, checkpoint.
     /// Re-running the same command there continues a stopped run.
-    #[arg(long)]
-    out: PathBuf,
+    #[arg(long, required_unless_present = "dry_run")]
+    out: Option<PathBuf>,
     /// Hide the progress bar.
     #[arg(long)]
     quiet: bool,
@@ -90,7 +90,11 @@ pub fn run_finetune(args: FinetuneArgs) -> anyhow::Result<()> {
     } else {
         features::Progress::standalone()
     };
-    let mut result = run(prepared, &args.out, &progress, args.max_steps).with_context(|| {
+    let out = args
+        .out
+        .as_ref()
+        .expect("clap requires --out without --dry-run");
+    let mut result = run(prepared, out, &progress, args.max_steps).with_context(|| {
         format!(
             "fine-tuning {} on {}",
             args.checkpoint.display(),
@@ -98,7 +102,7 @@ pub fn run_finetune(args: FinetuneArgs) -> anyhow::Result<()> {
         )
     })?;
     result["manifest"]["data_config"] = Value::String(args.data.display().to_string());
-    super::finish(&args.out, &result, &table(&result))
+    super::finish(out, &result, &table(&result))
 }
 
 fn table(result: &Value) -> String {

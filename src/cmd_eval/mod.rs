@@ -2,6 +2,7 @@
 //! One file per protocol; shared input readers live here.
 
 pub mod cluster;
+pub mod detect;
 pub mod finetune;
 pub mod knn;
 pub mod linear;
@@ -54,6 +55,8 @@ pub enum EvalCommand {
     Finetune(finetune::FinetuneArgs),
     /// Semantic segmentation (ADE20K layout): frozen linear probe or UperNet, sliding-window mIoU.
     Segment(segment::SegmentArgs),
+    /// COCO detection and instance segmentation: ViT pyramid + FPN + (Cascade) Mask R-CNN, AP^b / AP^m.
+    Detect(detect::DetectArgs),
 }
 
 #[derive(Subcommand)]
@@ -99,6 +102,7 @@ pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
         EvalCommand::Cluster(args) => cluster::run(args),
         EvalCommand::Finetune(args) => finetune::run_finetune(args),
         EvalCommand::Segment(args) => segment::run_segment(args),
+        EvalCommand::Detect(args) => detect::run_detect(args),
     }
 }
 

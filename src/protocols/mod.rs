@@ -6,6 +6,7 @@
 
 pub mod attention;
 pub mod cluster;
+pub mod detection;
 pub mod finetune;
 pub mod knn;
 pub mod linear;
@@ -102,6 +103,7 @@ pub const PROTOCOLS: &[ProtocolSpec] = &[
     spec::<cluster::Cluster>(),
     spec::<finetune::Finetune>(),
     spec::<segmentation::Segmentation>(),
+    spec::<detection::CocoDetection>(),
     spec::<attention::Attention>(),
 ];
 

@@ -189,7 +189,7 @@ pub fn run(
 }
 
 /// A colour per class (golden-angle hues), black for ignored pixels.
-fn class_colour(label: u8) -> [u8; 3] {
+pub(crate) fn class_colour(label: u8) -> [u8; 3] {
     if label == 255 {
         return [0, 0, 0];
     }

@@ -114,7 +114,7 @@ pub fn table_html(table: &Table) -> String {
         } else {
             for (cell, col) in row.cells.iter().zip(&table.columns) {
                 let class = match col.kind {
-                    ColumnKind::Metric { .. } => "num",
+                    ColumnKind::Metric { .. } | ColumnKind::Coco => "num",
                     ColumnKind::Text => "text",
                 };
                 let _ = write!(out, "<td class=\"{class}\">{}</td>", cell_html(cell));
@@ -198,8 +198,10 @@ fn as_matrix(v: &Value) -> Option<Vec<Vec<f64>>> {
 
 fn pretraining_section(report: &Report) -> anyhow::Result<String> {
     let mut out = String::from(
-        "<h2 id=\"pretraining\">Pretraining</h2>\n<p class=\"note\">Loss curves from <code>log.jsonl</code> \
-         (one point per logged step).</p>\n<div class=\"charts\">\n",
+        "<h2 id=\"pretraining\">Pretraining</h2>\n<p class=\"note\">From <code>log.jsonl</code>: the \
+         losses at every logged step and, when the recipe has an <code>[eval]</code> section, the \
+         teacher's k-NN top-1 on its labelled data over the epochs (epoch 0 = the initial weights).</p>\n\
+         <div class=\"charts\">\n",
     );
     for (name, rows) in &report.pretraining {
         let series: Vec<Series> = ["loss", "cls", "patch"]
@@ -209,24 +211,73 @@ fn pretraining_section(report: &Report) -> anyhow::Result<String> {
                 points: rows
                     .iter()
                     .enumerate()
-                    .filter_map(|(i, r)| Some((i as f64, r.get(*key)?.as_f64()?)))
+                    .filter(|(_, r)| r.get("event").is_none())
+                    .filter_map(|(i, r)| {
+                        let x = r.get("step").and_then(Value::as_f64).unwrap_or(i as f64);
+                        Some((x, r.get(*key)?.as_f64()?))
+                    })
                     .collect(),
             })
             .filter(|s| !s.points.is_empty())
             .collect();
-        if series.is_empty() {
-            continue;
+        if !series.is_empty() {
+            out += &plots::chart_div(&plots::line_chart(
+                &format!("Training loss: {name}"),
+                "step",
+                "loss",
+                &series,
+                false,
+            )?);
         }
-        out += &plots::chart_div(&plots::line_chart(
-            &format!("Training loss: {name}"),
-            "logged step",
-            "loss",
-            &series,
-            false,
-        )?);
+        let knn = knn_curves(rows);
+        if !knn.is_empty() {
+            let data = rows
+                .iter()
+                .find(|r| r.get("event").and_then(Value::as_str) == Some("knn"))
+                .and_then(|r| r.get("data"))
+                .and_then(Value::as_str)
+                .unwrap_or("eval data");
+            out += &plots::chart_div(&plots::line_chart(
+                &format!("k-NN during pretraining: {name} ({data})"),
+                "epochs trained",
+                "top-1 %",
+                &knn,
+                false,
+            )?);
+        }
     }
     out += "</div>\n";
     Ok(out)
+}
+
+/// Top-1 (%) against epochs trained, one series per k, from the `knn` events of a pretraining log.
+pub(crate) fn knn_curves(rows: &[Value]) -> Vec<Series> {
+    let mut by_k: std::collections::BTreeMap<u64, Vec<(f64, f64)>> = Default::default();
+    for r in rows
+        .iter()
+        .filter(|r| r.get("event").and_then(Value::as_str) == Some("knn"))
+    {
+        let Some(x) = r.get("epochs_done").and_then(Value::as_f64) else {
+            continue;
+        };
+        let Some(per_k) = r.get("knn").and_then(Value::as_object) else {
+            continue;
+        };
+        for (k, v) in per_k {
+            if let (Ok(k), Some(top1)) = (k.parse::<u64>(), v.get("top1").and_then(Value::as_f64)) {
+                by_k.entry(k).or_default().push((x, 100.0 * top1));
+            }
+        }
+    }
+    by_k.into_iter()
+        .map(|(k, mut points)| {
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            Series {
+                name: format!("k = {k}"),
+                points,
+            }
+        })
+        .collect()
 }
 
 fn attention_section(report: &Report, dir: &Path) -> anyhow::Result<String> {

@@ -87,7 +87,7 @@ pub fn render_table(table: &Table) -> String {
     out += "\n|---|";
     for c in &table.columns {
         out += match c.kind {
-            ColumnKind::Metric { .. } => "---:|",
+            ColumnKind::Metric { .. } | ColumnKind::Coco => "---:|",
             ColumnKind::Text => "---|",
         };
     }

@@ -27,6 +27,8 @@ pub enum ColumnKind {
     /// Compared across rows: best marked, delta vs the first row. `scale` multiplies the raw value
     /// (100 for fractions shown in %).
     Metric { scale: f64, higher_is_better: bool },
+    /// A pycocotools statistic: −1 means the category of objects is absent (no value), not a score.
+    Coco,
     /// Shown as is (hyper-parameters, times).
     Text,
 }
@@ -90,6 +92,9 @@ pub const PERCENT: ColumnKind = ColumnKind::Metric {
     scale: 100.0,
     higher_is_better: true,
 };
+
+/// A COCO AP/AR fraction shown in %, its −1 ("no such objects") as missing.
+pub const COCO_PERCENT: ColumnKind = ColumnKind::Coco;
 
 pub fn spec(header: impl Into<String>, path: &[&str], kind: ColumnKind) -> Spec {
     Spec {
@@ -187,6 +192,14 @@ fn read_cell(body: &Value, s: &Spec) -> Cell {
             },
             _ => Cell::Missing,
         },
+        ColumnKind::Coco => match v.as_f64() {
+            Some(x) if x.is_finite() && x >= 0.0 => Cell::Number {
+                value: round1(x * 100.0),
+                best: false,
+                delta: None,
+            },
+            _ => Cell::Missing,
+        },
         ColumnKind::Text => Cell::Text(match v {
             Value::String(t) => t.clone(),
             Value::Number(n) => format_number(n.as_f64().unwrap_or(f64::NAN)),
@@ -209,11 +222,12 @@ pub fn format_number(x: f64) -> String {
 
 fn mark_best_and_deltas(specs: &[Spec], rows: &mut [Row]) {
     for (j, s) in specs.iter().enumerate() {
-        let ColumnKind::Metric {
-            higher_is_better, ..
-        } = s.kind
-        else {
-            continue;
+        let higher_is_better = match s.kind {
+            ColumnKind::Metric {
+                higher_is_better, ..
+            } => higher_is_better,
+            ColumnKind::Coco => true,
+            ColumnKind::Text => continue,
         };
         let values: Vec<Option<f64>> = rows
             .iter()

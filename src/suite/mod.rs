@@ -56,6 +56,10 @@ const RECORD_VERSION: u64 = 1;
 /// The per-unit JSON-lines log in the report directory.
 pub const UNIT_LOG: &str = "suite.log.jsonl";
 
+/// The protocols that run on frozen features alone, so also on the `pixels` baseline; the others
+/// need a model and record `not_available` for it.
+const PIXEL_TASKS: &[&str] = &["knn", "linear", "semisup", "cluster"];
+
 pub fn run(args: SuiteArgs) -> anyhow::Result<()> {
     let started = report::now_rfc3339();
     let suite = Suite::load(&args.config)?;
@@ -143,6 +147,21 @@ pub fn run(args: SuiteArgs) -> anyhow::Result<()> {
                     overall.inc(1);
                     continue;
                 }
+            }
+            if ckpt.pixels && !PIXEL_TASKS.contains(&task) {
+                log.unit(task, &ckpt.name, "not_available", None, None);
+                progress.println(format!(
+                    "{label}: not available for the pixel baseline (no model)"
+                ));
+                results.entry(task.to_string()).or_default().insert(
+                    ckpt.name.clone(),
+                    json!({
+                        "status": "not_available",
+                        "reason": "the pixel baseline has no model (only k-NN, linear, semi-supervised and clustering run on it)",
+                    }),
+                );
+                overall.inc(1);
+                continue;
             }
             progress.println(format!("{label} …"));
             let task_started = report::now_rfc3339();
@@ -278,6 +297,8 @@ struct Checkpoint {
     path: PathBuf,
     sha256: String,
     bytes: u64,
+    /// The `pixels[:SIZE]` baseline (no file).
+    pixels: bool,
 }
 
 impl Checkpoint {
@@ -305,7 +326,13 @@ fn resolve_checkpoints(specs: &[String]) -> anyhow::Result<Vec<Checkpoint>> {
             }
             _ => (None, PathBuf::from(spec)),
         };
-        let (sha256, bytes) = hash_file(&path)?;
+        let pixels = features::PixelSource::from_path(&path)
+            .with_context(|| format!("--checkpoint {spec}"))?;
+        // The baseline has no file: its name stands for its content in the resume keys.
+        let (sha256, bytes) = match &pixels {
+            Some(px) => (sha256_hex(px.name().as_bytes()), 0),
+            None => hash_file(&path)?,
+        };
         let base = explicit.clone().unwrap_or_else(|| {
             path.file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
@@ -323,11 +350,17 @@ fn resolve_checkpoints(specs: &[String]) -> anyhow::Result<Vec<Checkpoint>> {
         } else {
             base
         };
+        let path = if pixels.is_some() {
+            path
+        } else {
+            path.canonicalize().unwrap_or(path)
+        };
         out.push(Checkpoint {
             name,
-            path: path.canonicalize().unwrap_or(path),
+            path,
             sha256,
             bytes,
+            pixels: pixels.is_some(),
         });
     }
     Ok(out)

@@ -6,6 +6,8 @@ every token, the iBOT loss (CLS across views + masked patch distillation, center
 per-parameter clipping, AdamW, EMA. fp32 (the official code uses fp16 autocast on GPU only).
 
     /opt/refvenv/bin/python tests/reference/bench_pretrain_torch.py --threads 2 --batch-size 8
+    [--precision bf16] > /tmp/torch_pretrain.json
+    ibot bench pretrain --batch-size 8 --device cpu --torch-json /tmp/torch_pretrain.json
 """
 import argparse
 import json
@@ -133,6 +135,8 @@ def main():
     ap.add_argument("--local-size", type=int, default=96)
     ap.add_argument("--local-crops", type=int, default=10)
     ap.add_argument("--out-dim", type=int, default=8192)
+    ap.add_argument("--precision", choices=["f32", "bf16"], default="f32",
+                    help="bf16: forward passes and loss under torch.autocast('cpu', torch.bfloat16)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -152,22 +156,24 @@ def main():
     center = torch.zeros(1, a.out_dim)
     center2 = torch.zeros(1, 1, a.out_dim)
     grid = a.global_size // a.patch
-    times = []
+    times, losses = [], []
     for step in range(a.steps + 1):
         globals_ = torch.randn(g * b, 3, a.global_size, a.global_size)
         locals_ = torch.randn(a.local_crops * b, 3, a.local_size, a.local_size)
         masks = torch.rand(g * b, grid, grid) < 0.15
         t0 = time.perf_counter()
-        with torch.no_grad():
-            t_tok = teacher["backbone"](globals_)
-            t_out = teacher["head"](t_tok)
-        s_tok = student["backbone"](globals_, masks.flatten(1))
-        s_out = student["head"](s_tok)
-        l_tok = student["backbone"](locals_)
-        l_cls = student["head"](l_tok[:, 0])
-        loss = ibot_loss(s_out[:, 0], s_out[:, 1:], l_cls, t_out[:, 0], t_out[:, 1:],
-                         masks.reshape(g, b, grid, grid),
-                         center, center2, g, 0.04, 0.04)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+            with torch.no_grad():
+                t_tok = teacher["backbone"](globals_)
+                t_out = teacher["head"](t_tok)
+            s_tok = student["backbone"](globals_, masks.flatten(1))
+            s_out = student["head"](s_tok)
+            l_tok = student["backbone"](locals_)
+            l_cls = student["head"](l_tok[:, 0])
+            loss = ibot_loss(s_out[:, 0].float(), s_out[:, 1:].float(), l_cls.float(),
+                             t_out[:, 0].float(), t_out[:, 1:].float(),
+                             masks.reshape(g, b, grid, grid),
+                             center, center2, g, 0.04, 0.04)
         opt.zero_grad()
         loss.backward()
         for p in student.parameters():
@@ -183,11 +189,13 @@ def main():
                 if n in sp:
                     p.data.mul_(0.996).add_(sp[n].detach().data, alpha=0.004)
         dt = time.perf_counter() - t0
+        losses.append(loss.item())
         if step > 0:
             times.append(dt)
     mean = sum(times) / len(times)
     print(json.dumps({
         "bench": "pretrain_step_torch", "torch": torch.__version__, "threads": a.threads,
+        "precision": a.precision, "loss_per_step": losses,
         "batch_size": b, "global": f"2x{a.global_size}", "local": f"{a.local_crops}x{a.local_size}",
         "step_seconds": times, "mean_step_seconds": mean, "images_per_s": b / mean,
         "note": "one untimed warm-up step; random inputs (no data loading)",

@@ -28,6 +28,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--weights")
+    ap.add_argument("--precision", choices=["f32", "bf16"], default="f32",
+                    help="bf16: torch.autocast('cpu', torch.bfloat16) (oneDNN, AMX where the CPU has it)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     dim, depth, heads = PRESETS[args.arch]
@@ -35,10 +37,11 @@ def main():
     if args.weights:
         from safetensors.torch import load_file
         model.load_state_dict(load_file(args.weights), strict=True)
-    print(f"torch {torch.__version__}, {args.arch} at {args.size} px, f32, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {args.arch} at {args.size} px, {args.precision}, {torch.get_num_threads()} threads")
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
     for b in [int(x) for x in args.batch.split(",")]:
         x = torch.randn(b, 3, args.size, args.size)
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast:
             model(x)
             start, iters = time.perf_counter(), 0
             while time.perf_counter() - start < args.seconds or iters < 2:
@@ -46,7 +49,8 @@ def main():
                 iters += 1
         secs = time.perf_counter() - start
         print(json.dumps({"bench": "backbone-torch", "arch": args.arch, "size": args.size, "batch": b,
-                          "iters": iters, "images_per_s": iters * b / secs, "threads": args.threads}))
+                          "iters": iters, "images_per_s": iters * b / secs, "threads": args.threads,
+                          "precision": args.precision, "torch": torch.__version__}))
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ fn sum8(a: &[f32]) -> f32 {
 
 /// Σ aᵢ·bᵢ.
 #[inline(always)]
-fn dot8(a: &[f32], b: &[f32]) -> f32 {
+pub(super) fn dot8(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let mut ca = a.chunks_exact(8);
     let mut cb = b.chunks_exact(8);

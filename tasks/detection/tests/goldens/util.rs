@@ -39,6 +39,13 @@ impl Golden {
         }
     }
 
+    /// Every tensor name, sorted.
+    pub fn keys(&self) -> Vec<String> {
+        let mut k: Vec<String> = self.st.names().into_iter().map(|s| s.to_string()).collect();
+        k.sort();
+        k
+    }
+
     pub fn shape(&self, key: &str) -> Vec<usize> {
         self.view(key).shape().to_vec()
     }

@@ -119,7 +119,22 @@ fn steps_match_pytorch() {
             );
             for (name, var) in &params {
                 let key = format!("{mode_name}.after{}.{name}", it + 1);
-                let err = rel_err(var.as_tensor(), &g[&key]);
+                let err = if name.ends_with("attn.qkv.bias") {
+                    // The key bias's gradient is analytically zero (a constant added to every key
+                    // leaves each softmax row unchanged), so both sides' Adam updates of that third
+                    // are rounding noise divided by eps: compare the query and value thirds.
+                    let d = var.dim(0).unwrap() / 3;
+                    let pick = |t: &Tensor| {
+                        Tensor::cat(
+                            &[t.narrow(0, 0, d).unwrap(), t.narrow(0, 2 * d, d).unwrap()],
+                            0,
+                        )
+                        .unwrap()
+                    };
+                    rel_err(&pick(var.as_tensor()), &pick(&g[&key]))
+                } else {
+                    rel_err(var.as_tensor(), &g[&key])
+                };
                 worst = worst.max(err);
                 assert!(err <= 1e-5, "{key}: relative error {err}");
             }

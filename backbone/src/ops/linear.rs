@@ -1,0 +1,439 @@
+//! Fused Linear layer `y = s · act(x · wᵀ + b)` for CPU f32 tensors, with its own backward.
+//!
+//! One op replaces candle's matmul (whose weight transpose and batched broadcast cost copies),
+//! the bias addition, the exact GELU of the MLP's first layer and the drop-path rescaling of a
+//! residual branch (`s`, one factor per sample): forward is one GEMM plus one element-wise pass,
+//! backward one pass for the effective output gradient and two GEMMs that read their operands
+//! in place through strides (dx = g·w, dw = gᵀ·x) plus a parallel column sum for the bias.
+
+use std::sync::OnceLock;
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+use rayon::prelude::*;
+
+use super::gemm::{matmul, pool_threads, MatMut, MatRef, Precision};
+use super::{gelu, gelu_grad, with_simd_args, PAR_CHUNK};
+
+/// Element-wise activation applied after the bias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Identity,
+    /// Exact (erf) GELU, the same kernel as [`super::gelu_erf`].
+    Gelu,
+}
+
+/// `y = s_r · act(x · wᵀ + b)`; `x` [rows, in], `w` [out, in], `b` [out].
+pub(crate) struct LinearOp {
+    pub act: Activation,
+    /// Per-sample factors (drop path): row r is scaled by `factors[r / rows_per_factor]`.
+    pub row_scale: Option<(Vec<f32>, usize)>,
+    pub precision: Precision,
+    /// Keep the pre-activation for the backward pass (only when a gradient is wanted).
+    pub keep_pre: bool,
+    pre: OnceLock<Vec<f32>>,
+}
+
+impl LinearOp {
+    pub fn new(
+        act: Activation,
+        row_scale: Option<(Vec<f32>, usize)>,
+        precision: Precision,
+        keep_pre: bool,
+    ) -> Self {
+        Self {
+            act,
+            row_scale,
+            precision,
+            keep_pre,
+            pre: OnceLock::new(),
+        }
+    }
+}
+
+/// The f32 data of a CPU tensor with its layout.
+pub(crate) fn cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32], &Layout) -> Result<R>) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(CpuStorage::F32(data)) => f(data, layout),
+        _ => candle_core::bail!("fused CPU op: expected an f32 CPU tensor"),
+    }
+}
+
+pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, what: &str) -> Result<&'a [f32]> {
+    match s {
+        CpuStorage::F32(data) => Ok(data),
+        _ => candle_core::bail!("{what}: expected f32 storage"),
+    }
+}
+
+/// A 2-D view (rows × cols) of a rank-2 tensor with any strides, or of a contiguous tensor of
+/// any rank flattened over its leading dimensions.
+pub(crate) fn mat_view(data: &[f32], l: &Layout, what: &str) -> Result<(MatRef, usize, usize)> {
+    let dims = l.dims();
+    let cols = *dims.last().unwrap_or(&1);
+    let rows = if dims.is_empty() {
+        1
+    } else {
+        dims[..dims.len() - 1].iter().product()
+    };
+    let o = l.start_offset();
+    if rows == 0 || cols == 0 {
+        return Ok((MatRef::new(data, 0, cols.max(1), 1), rows, cols));
+    }
+    if dims.len() == 2 {
+        let st = l.stride();
+        let last = o + (rows - 1) * st[0] + (cols - 1) * st[1];
+        if last >= data.len() {
+            candle_core::bail!("{what}: layout out of bounds")
+        }
+        return Ok((MatRef::new(data, o, st[0], st[1]), rows, cols));
+    }
+    match l.contiguous_offsets() {
+        Some((a, b)) if b <= data.len() => Ok((MatRef::new(data, a, cols, 1), rows, cols)),
+        _ => candle_core::bail!("{what}: expected a rank-2 or contiguous tensor"),
+    }
+}
+
+fn bias_slice<'a>(data: &'a [f32], l: &Layout, n: usize) -> Result<&'a [f32]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) if b - a == n => Ok(&data[a..b]),
+        _ => candle_core::bail!("linear: bias must be contiguous with {n} elements"),
+    }
+}
+
+#[inline(always)]
+fn fill_rows((rows, b): (&mut [f32], &[f32])) {
+    for r in rows.chunks_exact_mut(b.len()) {
+        r.copy_from_slice(b);
+    }
+}
+
+#[inline(always)]
+fn gelu_into((pre, out): (&[f32], &mut [f32])) {
+    for (o, p) in out.iter_mut().zip(pre) {
+        *o = gelu(*p);
+    }
+}
+
+#[inline(always)]
+fn gelu_in_place(y: &mut [f32]) {
+    for v in y.iter_mut() {
+        *v = gelu(*v);
+    }
+}
+
+#[inline(always)]
+fn scale_rows((y, s): (&mut [f32], f32)) {
+    for v in y.iter_mut() {
+        *v *= s;
+    }
+}
+
+#[inline(always)]
+fn gelu_backward((g, pre, s, out): (&[f32], &[f32], f32, &mut [f32])) {
+    for ((o, g), p) in out.iter_mut().zip(g).zip(pre) {
+        *o = g * s * gelu_grad(*p);
+    }
+}
+
+#[inline(always)]
+fn scaled_copy((g, s, out): (&[f32], f32, &mut [f32])) {
+    for (o, g) in out.iter_mut().zip(g) {
+        *o = g * s;
+    }
+}
+
+#[inline(always)]
+fn column_sum_rows((g, acc): (&[f32], &mut [f32])) {
+    let n = acc.len();
+    for gr in g.chunks_exact(n) {
+        acc.iter_mut().zip(gr).for_each(|(a, g)| *a += g);
+    }
+}
+
+/// Rows per rayon task of an element-wise pass over rows of length n.
+fn task_rows(n: usize) -> usize {
+    (PAR_CHUNK / n.max(1)).max(1)
+}
+
+/// Σ over rows of g [rows, n], in fixed row blocks summed in order (thread-count independent).
+pub(crate) fn column_sums(g: &[f32], n: usize) -> Vec<f32> {
+    let mut out = vec![0f32; n];
+    if n == 0 {
+        return out;
+    }
+    let chunk = task_rows(n) * n;
+    let partials: Vec<Vec<f32>> = g
+        .par_chunks(chunk)
+        .map(|g| {
+            let mut acc = vec![0f32; n];
+            with_simd_args(column_sum_rows, (g, &mut acc));
+            acc
+        })
+        .collect();
+    for p in &partials {
+        out.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+    }
+    out
+}
+
+impl LinearOp {
+    fn factor(&self, row: usize) -> f32 {
+        match &self.row_scale {
+            Some((f, per)) => f[row / (*per).max(1)],
+            None => 1.0,
+        }
+    }
+
+    fn forward(
+        &self,
+        x: &[f32],
+        lx: &Layout,
+        w: &[f32],
+        lw: &Layout,
+        bias: Option<&[f32]>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (xv, rows, k) = mat_view(x, lx, "linear x")?;
+        if lw.dims().len() != 2 || lw.dims()[1] != k {
+            candle_core::bail!(
+                "linear: weight {:?} does not take inputs of width {k}",
+                lw.dims()
+            )
+        }
+        let n = lw.dims()[0];
+        let (wv, _, _) = mat_view(w, lw, "linear weight")?;
+        if let Some((f, per)) = &self.row_scale {
+            if f.len() * per != rows {
+                candle_core::bail!("linear: {} row factors × {per} rows ≠ {rows} rows", f.len())
+            }
+        }
+        let mut y = vec![0f32; rows * n];
+        let chunk = task_rows(n) * n;
+        if let Some(b) = bias {
+            if n > 0 {
+                y.par_chunks_mut(chunk)
+                    .for_each(|r| with_simd_args(fill_rows, (r, b)));
+            }
+        }
+        // SAFETY: the views were bounds-checked against their buffers; y is rows × n.
+        unsafe {
+            matmul(
+                rows,
+                n,
+                k,
+                MatMut::new(&mut y, 0, n.max(1)),
+                bias.is_some(),
+                xv,
+                wv.t(),
+                1.0,
+                self.precision,
+                pool_threads(),
+            )
+        };
+        let mut y = match self.act {
+            Activation::Identity => y,
+            Activation::Gelu if self.keep_pre => {
+                let mut out = vec![0f32; y.len()];
+                out.par_chunks_mut(PAR_CHUNK)
+                    .zip(y.par_chunks(PAR_CHUNK))
+                    .for_each(|(o, p)| with_simd_args(gelu_into, (p, o)));
+                let _ = self.pre.set(y);
+                out
+            }
+            Activation::Gelu => {
+                y.par_chunks_mut(PAR_CHUNK)
+                    .for_each(|v| super::with_simd_args(gelu_in_place, v));
+                y
+            }
+        };
+        if self.row_scale.is_some() && n > 0 {
+            y.par_chunks_mut(n)
+                .enumerate()
+                .for_each(|(r, row)| with_simd_args(scale_rows, (row, self.factor(r))));
+        }
+        let mut dims = lx.dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = n;
+        }
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
+    }
+
+    /// (dx, dw, db) for the output gradient `grad`; only for the inputs that track a gradient.
+    fn backward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (want_x, want_w) = (x.track_op(), w.track_op());
+        let want_b = bias.is_some_and(|b| b.track_op());
+        let grad = grad.contiguous()?;
+        let (dx, dw, db) = cpu_f32(&grad, |g, lg| {
+            let g = &g[lg.start_offset()..lg.start_offset() + lg.shape().elem_count()];
+            cpu_f32(x, |xd, lx| {
+                cpu_f32(w, |wd, lw| {
+                    let (xv, rows, k) = mat_view(xd, lx, "linear x")?;
+                    let (wv, n, _) = mat_view(wd, lw, "linear weight")?;
+                    if g.len() != rows * n {
+                        candle_core::bail!("linear backward: gradient size mismatch")
+                    }
+                    let chunk = task_rows(n) * n.max(1);
+                    // Effective output gradient: through the row factors and the activation.
+                    let owned: Option<Vec<f32>> = match (self.act, &self.row_scale) {
+                        (Activation::Identity, None) => None,
+                        (Activation::Identity, Some(_)) => {
+                            let mut out = vec![0f32; g.len()];
+                            out.par_chunks_mut(n.max(1))
+                                .zip(g.par_chunks(n.max(1)))
+                                .enumerate()
+                                .for_each(|(r, (o, g))| {
+                                    with_simd_args(scaled_copy, (g, self.factor(r), o))
+                                });
+                            Some(out)
+                        }
+                        (Activation::Gelu, _) => {
+                            let Some(pre) = self.pre.get() else {
+                                candle_core::bail!("linear backward: forward kept no activation")
+                            };
+                            let mut out = vec![0f32; g.len()];
+                            out.par_chunks_mut(chunk)
+                                .zip(g.par_chunks(chunk))
+                                .zip(pre.par_chunks(chunk))
+                                .enumerate()
+                                .for_each(|(t, ((o, g), p))| {
+                                    let r0 = t * (chunk / n.max(1));
+                                    for (i, ((o, g), p)) in o
+                                        .chunks_mut(n)
+                                        .zip(g.chunks(n))
+                                        .zip(p.chunks(n))
+                                        .enumerate()
+                                    {
+                                        let s = self.factor(r0 + i);
+                                        with_simd_args(gelu_backward, (g, p, s, o));
+                                    }
+                                });
+                            Some(out)
+                        }
+                    };
+                    let ge: &[f32] = owned.as_deref().unwrap_or(g);
+                    let gv = MatRef::new(ge, 0, n.max(1), 1);
+                    // SAFETY: all views lie inside their (checked) buffers; outputs are fresh.
+                    let dx = want_x.then(|| {
+                        let mut dx = vec![0f32; rows * k];
+                        unsafe {
+                            matmul(
+                                rows,
+                                k,
+                                n,
+                                MatMut::new(&mut dx, 0, k.max(1)),
+                                false,
+                                gv,
+                                wv,
+                                1.0,
+                                self.precision,
+                                pool_threads(),
+                            )
+                        };
+                        dx
+                    });
+                    let dw = want_w.then(|| {
+                        let mut dw = vec![0f32; n * k];
+                        unsafe {
+                            matmul(
+                                n,
+                                k,
+                                rows,
+                                MatMut::new(&mut dw, 0, k.max(1)),
+                                false,
+                                gv.t(),
+                                xv,
+                                1.0,
+                                self.precision,
+                                pool_threads(),
+                            )
+                        };
+                        dw
+                    });
+                    let db = want_b.then(|| column_sums(ge, n));
+                    Ok((dx, dw, db))
+                })
+            })
+        })?;
+        let dev = x.device();
+        let dx = dx
+            .map(|v| Tensor::from_vec(v, x.shape(), dev))
+            .transpose()?;
+        let dw = dw
+            .map(|v| Tensor::from_vec(v, w.shape(), dev))
+            .transpose()?;
+        let db = match (db, bias) {
+            (Some(v), Some(b)) => Some(Tensor::from_vec(v, b.shape(), dev)?),
+            _ => None,
+        };
+        Ok((dx, dw, db))
+    }
+}
+
+impl CustomOp3 for LinearOp {
+    fn name(&self) -> &'static str {
+        "linear-f32"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, "linear x")?;
+        let w = f32_slice(s2, "linear weight")?;
+        let n = l2.dims().first().copied().unwrap_or(0);
+        let b = bias_slice(f32_slice(s3, "linear bias")?, l3, n)?;
+        self.forward(x, l1, w, l2, Some(b))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        self.backward(x, w, Some(b), grad)
+    }
+}
+
+/// Without a bias: `x · wᵀ` (the head's projections).
+impl CustomOp2 for LinearOp {
+    fn name(&self) -> &'static str {
+        "matmul-t-f32"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, "matmul x")?;
+        let w = f32_slice(s2, "matmul weight")?;
+        self.forward(x, l1, w, l2, None)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, _) = self.backward(x, w, None, grad)?;
+        Ok((dx, dw))
+    }
+}
