@@ -11,6 +11,7 @@ const RECIPE: &str = include_str!("../configs/pretrain/demo.toml");
 const SUITE: &str = include_str!("../configs/suites/demo.toml");
 const SEG_DATA: &str = include_str!("../configs/data/synth-ade.toml");
 const DET_DATA: &str = include_str!("../configs/data/synth-coco.toml");
+const CLS_DATA: &str = include_str!("../configs/data/synth-demo.toml");
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -23,6 +24,9 @@ pub struct DemoArgs {
     /// Pretraining epochs (the recipe's default is 30).
     #[arg(long)]
     epochs: Option<usize>,
+    /// Pretraining seed (the generated scenes stay the same).
+    #[arg(long)]
+    seed: Option<u64>,
     /// Hide progress bars.
     #[arg(long)]
     quiet: bool,
@@ -62,6 +66,16 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
     if let Some(e) = args.epochs {
         recipe.optim.epochs = e;
+    }
+    if let Some(seed) = args.seed {
+        recipe.run.seed = seed;
+    }
+    // The k-NN monitor reads the generated labelled scenes.
+    let cls_data = out.join("synth-demo.toml");
+    std::fs::write(&cls_data, classification_data_config(&train, &val))
+        .with_context(|| format!("writing {}", cls_data.display()))?;
+    if let Some(eval) = recipe.eval.as_mut() {
+        eval.data = pretrain::config::EvalData::File(cls_data.clone());
     }
     let pre = out.join("pretrain");
     let done = pre.join(pretrain::trainer::SUMMARY).exists();
@@ -116,6 +130,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         "suite".into(),
         "--config".into(),
         path(&suite_path),
+        // the raw-pixel baseline (frozen-feature protocols only)
+        "--checkpoint".into(),
+        "pixels".into(),
         "--checkpoint".into(),
         format!("random-init={}", path(&pre.join(pretrain::trainer::INIT))),
         "--checkpoint".into(),
@@ -139,6 +156,29 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
 
 fn path(p: &Path) -> String {
     p.display().to_string()
+}
+
+/// The shipped classification data config, pointed at the generated splits.
+fn classification_data_config(train: &Path, val: &Path) -> String {
+    CLS_DATA
+        .lines()
+        .scan("", |section, line| {
+            if line.starts_with('[') {
+                *section = if line.starts_with("[train]") {
+                    "train"
+                } else {
+                    "val"
+                };
+            }
+            Some(match (*section, line.starts_with("root = ")) {
+                ("train", true) => format!("root = {:?}", path(train)),
+                ("val", true) => format!("root = {:?}", path(val)),
+                _ => line.to_string(),
+            })
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
 }
 
 /// A shipped data config of the scenes, pointed at the generated ones.

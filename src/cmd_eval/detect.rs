@@ -112,3 +112,91 @@ fn table(result: &Value) -> String {
     }
     out
 }
+
+/// `ibot bench detect`: training steps (batches prepared before timing) and val inference of the
+/// demo recipe's Mask R-CNN on a random demo ViT; compare with
+/// tests/reference/bench_detection_torch.py (same flags).
+#[derive(Args)]
+pub struct BenchDetectArgs {
+    /// COCO-layout directory with annotations/instances_{train,val}.json and train/, val/ (the
+    /// `coco/` of `ibot data synth` or of an `ibot demo` directory).
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long, default_value_t = 4)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    #[arg(long, default_value_t = 80)]
+    eval_images: usize,
+    #[arg(long, default_value_t = 8)]
+    eval_batch: usize,
+    /// PyTorch's JSON (bench_detection_torch.py) to print the ratios against.
+    #[arg(long)]
+    torch_json: Option<PathBuf>,
+}
+
+pub fn run_bench(a: BenchDetectArgs) -> anyhow::Result<()> {
+    let mut cfg = detection::DetectionConfig::parse(
+        include_str!("../../configs/detection/demo.toml"),
+        "configs/detection/demo.toml",
+    )?;
+    cfg.train.batch_size = a.batch_size;
+    cfg.run.eval_batch_size = a.eval_batch;
+    let vit = backbone::VitConfig {
+        embed_dim: 96,
+        depth: 4,
+        num_heads: 3,
+        mlp_hidden: 384,
+        patch_size: 8,
+        img_size: 64,
+        in_chans: 3,
+        drop_path_rate: 0.0,
+        masked_im_modeling: false,
+    };
+    let data = detection::DetectionData::from_dir(&a.data)?;
+    let init = detection::Init::random(&vit, &cfg, 0)?;
+    let dir = tempfile::tempdir()?;
+    let mut trainer = detection::Trainer::new(
+        cfg,
+        init,
+        data,
+        detection::RunOptions {
+            out: dir.path().to_path_buf(),
+            device: train::device::device(train::device::DeviceChoice::Auto)?,
+            progress: indicatif::ProgressBar::hidden(),
+            max_steps: None,
+        },
+    )?;
+    let (times, losses) = trainer.time_steps(a.warmup, a.steps)?;
+    let step = times.iter().sum::<f64>() / times.len().max(1) as f64;
+    let (detections, seconds) = trainer.time_inference(a.eval_images, a.eval_batch)?;
+    let images = a.eval_images as f64 / seconds;
+    let mut out = serde_json::json!({
+        "bench": "detect", "framework": "ibot-rs", "threads": rayon::current_num_threads(),
+        "batch_size": a.batch_size, "train_seconds_per_step": step, "train_steps_timed": times.len(),
+        "first_loss": losses.first(), "last_loss": losses.last(),
+        "eval_images": a.eval_images, "eval_images_per_s": images, "detections": detections,
+        "note": "inference time includes decoding and the test pipeline (PyTorch's excludes them)",
+        "loadavg": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
+    });
+    if let Some(p) = &a.torch_json {
+        let theirs: Value = serde_json::from_str(
+            &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        )
+        .with_context(|| format!("{}: not JSON", p.display()))?;
+        let ts = theirs["train_seconds_per_step"]
+            .as_f64()
+            .context("the PyTorch JSON has no train_seconds_per_step")?;
+        let ti = theirs["eval_images_per_s"]
+            .as_f64()
+            .context("the PyTorch JSON has no eval_images_per_s")?;
+        out["pytorch"] = theirs.clone();
+        out["train_ratio_vs_pytorch"] = serde_json::json!(ts / step);
+        out["eval_ratio_vs_pytorch"] = serde_json::json!(images / ti);
+        out["ratio_note"] = serde_json::json!("above 1 = ours faster");
+    }
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}

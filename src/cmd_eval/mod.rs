@@ -64,6 +64,9 @@ pub enum BenchEval {
     /// UperNet training steps (the demo segmentation model by default); compare with
     /// tests/reference/bench_segmentation_torch.py.
     Segment(segment::BenchSegmentArgs),
+    /// Mask R-CNN training steps and inference of the detection demo recipe; compare with
+    /// tests/reference/bench_detection_torch.py.
+    Detect(detect::BenchDetectArgs),
     /// k-means on generated clustered features (compare with tests/reference/bench_kmeans_sklearn.py).
     Kmeans(cluster::BenchKmeansArgs),
     /// Linear-probe sweep time per epoch on cached features.
@@ -390,6 +393,7 @@ pub fn run_bench(cmd: BenchEval) -> anyhow::Result<()> {
         BenchEval::Kmeans(args) => cluster::run_bench(args)?,
         BenchEval::Linear(args) => linear::run_bench(args)?,
         BenchEval::Segment(args) => segment::run_bench(args)?,
+        BenchEval::Detect(args) => detect::run_bench(args)?,
         BenchEval::Knn {
             train,
             test,

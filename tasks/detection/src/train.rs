@@ -468,6 +468,45 @@ impl Trainer {
         Ok(logged)
     }
 
+    /// `ibot bench detect`: `warmup + steps` training steps on the first batches of epoch 0,
+    /// prepared before timing; the seconds of the last `steps` and every step's loss.
+    pub fn time_steps(&mut self, warmup: usize, steps: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+        let bsz = self.cfg.train.batch_size;
+        let order = group_sampler_order(&self.groups, bsz, self.cfg.run.seed, 0);
+        let mut batches = Vec::new();
+        for k in 0..warmup + steps {
+            let first = (k * bsz) % order.len().max(1);
+            let inputs = self.batch_inputs(&order, 0, first)?;
+            batches.push(Batch::collate(&inputs, &self.opts.device)?);
+        }
+        let (mut times, mut losses) = (Vec::new(), Vec::new());
+        for (k, batch) in batches.iter().enumerate() {
+            let t0 = Instant::now();
+            let logged = self.train_step(batch)?;
+            self.state.step += 1;
+            if k >= warmup {
+                times.push(t0.elapsed().as_secs_f64());
+            }
+            losses.push(logged["loss"]);
+        }
+        Ok((times, losses))
+    }
+
+    /// Test-pipeline inference on the first `images` val images: (results, seconds).
+    pub fn time_inference(&self, images: usize, batch: usize) -> Result<(usize, f64)> {
+        let mut val = (*self.data.val).clone();
+        val.entries.truncate(images);
+        let preds = predict_dataset(
+            &self.model,
+            &val,
+            &self.test_pipeline,
+            batch,
+            &self.opts.device,
+            None,
+        )?;
+        Ok((preds.results.len(), preds.seconds))
+    }
+
     /// Trains to the end (or `max_steps`), then evaluates; writes `detections.json`.
     pub fn run(&mut self) -> Result<Outcome> {
         let total = self.total_steps();
