@@ -21,7 +21,7 @@ pub struct DemoArgs {
     /// Training images to generate (validation gets a quarter).
     #[arg(long, default_value_t = 320)]
     images: usize,
-    /// Pretraining epochs (the recipe's default is 30).
+    /// Pretraining epochs (the recipe's default is 100).
     #[arg(long)]
     epochs: Option<usize>,
     /// Pretraining seed (the generated scenes stay the same).
