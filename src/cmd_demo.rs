@@ -225,3 +225,29 @@ fn demo_suite(train: &Path, val: &Path, seg_data: &Path, full: bool) -> String {
         .join("\n")
         + "\n"
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_configs_parse_and_point_at_the_generated_scenes() {
+        let recipe: pretrain::config::PretrainConfig = toml::from_str(RECIPE).unwrap();
+        assert!(recipe.eval.is_some(), "the demo recipe monitors k-NN");
+        let (train, val) = (Path::new("/d/train"), Path::new("/d/val"));
+        let cls: features::DataConfig =
+            toml::from_str(&classification_data_config(train, val)).unwrap();
+        let text = classification_data_config(train, val);
+        assert!(text.contains("root = \"/d/train\"") && text.contains("root = \"/d/val\""));
+        assert_eq!(cls.name, "synth-demo");
+        let det: detection::DetDataConfig =
+            toml::from_str(&with_root(DET_DATA, Path::new("/d/coco"))).unwrap();
+        assert_eq!(det.root, Path::new("/d/coco"));
+        let seg: segmentation::SegDataConfig =
+            toml::from_str(&with_root(SEG_DATA, Path::new("/d/ade"))).unwrap();
+        assert_eq!(seg.root, Path::new("/d/ade"));
+        let suite: toml::Value =
+            toml::from_str(&demo_suite(train, val, Path::new("/d/s.toml"), true)).unwrap();
+        assert_eq!(suite["segmentation"]["recipe"].as_str(), Some("demo"));
+    }
+}
