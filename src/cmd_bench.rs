@@ -51,6 +51,19 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     }
 }
 
+/// PyTorch's step time from its bench JSON next to ours (`step` seconds) and the ratio.
+fn add_torch_step(out: &mut Value, torch: Option<&Value>, step: f64) {
+    let Some(t) = torch else { return };
+    if let Some(theirs) = t["mean_step_seconds"].as_f64() {
+        out["torch_mean_step_seconds"] = json!(theirs);
+        out["torch_step_seconds"] = t["step_seconds"].clone();
+        out["torch"] = t["torch"].clone();
+        out["torch_precision"] = t.get("precision").cloned().unwrap_or(json!("f32"));
+        out["ratio"] = json!(theirs / step);
+        out["ratio_note"] = json!("PyTorch step time / ours: above 1 = ours faster");
+    }
+}
+
 /// The 1-, 5- and 15-minute load averages.
 fn loadavg() -> Value {
     std::fs::read_to_string("/proc/loadavg")
@@ -414,16 +427,7 @@ precision = "{precision}"
         "note": "one untimed warm-up step; data preparation runs ahead in a background thread",
     });
     out = merge(out, runtime_info(&dev, &summary.precision));
-    if let Some(t) = torch.as_ref().and_then(|t| t.first()) {
-        if let Some(theirs) = t["mean_step_seconds"].as_f64() {
-            out["torch_mean_step_seconds"] = json!(theirs);
-            out["torch_step_seconds"] = t["step_seconds"].clone();
-            out["torch"] = t["torch"].clone();
-            out["torch_precision"] = t.get("precision").cloned().unwrap_or(json!("f32"));
-            out["ratio"] = json!(theirs / step);
-            out["ratio_note"] = json!("PyTorch step time / ours: above 1 = ours faster");
-        }
-    }
+    add_torch_step(&mut out, torch.as_ref().and_then(|t| t.first()), step);
     out["loadavg_start"] = load_start;
     out["loadavg_end"] = loadavg();
     println!("{}", serde_json::to_string_pretty(&out)?);
@@ -537,16 +541,7 @@ fn run_finetune(a: BenchFinetuneArgs) -> Result<()> {
         "note": "one untimed warm-up step; random images and soft targets (no data loading)",
     });
     out = merge(out, runtime_info(&dev, &a.precision));
-    if let Some(t) = torch.as_ref().and_then(|t| t.first()) {
-        if let Some(theirs) = t["mean_step_seconds"].as_f64() {
-            out["torch_mean_step_seconds"] = json!(theirs);
-            out["torch_step_seconds"] = t["step_seconds"].clone();
-            out["torch"] = t["torch"].clone();
-            out["torch_precision"] = t.get("precision").cloned().unwrap_or(json!("f32"));
-            out["ratio"] = json!(theirs / step);
-            out["ratio_note"] = json!("PyTorch step time / ours: above 1 = ours faster");
-        }
-    }
+    add_torch_step(&mut out, torch.as_ref().and_then(|t| t.first()), step);
     out["loadavg_start"] = load_start;
     out["loadavg_end"] = loadavg();
     println!("{}", serde_json::to_string_pretty(&out)?);

@@ -167,6 +167,34 @@ pub fn recipe_text(
     )
 }
 
+/// Writes `panels` (same size) side by side, 4 px apart, upscaled to about 256 px high for
+/// legibility, to `report_dir/file`; returns the report's figure entry.
+pub fn save_panels(
+    panels: Vec<image::RgbImage>,
+    report_dir: &Path,
+    file: &Path,
+    caption: String,
+) -> anyhow::Result<Value> {
+    let (w, h) = panels.first().map_or((0, 0), |p| (p.width(), p.height()));
+    let n = panels.len() as u32;
+    let mut canvas = image::RgbImage::new(n * w + 4 * n.saturating_sub(1), h);
+    for (k, panel) in panels.iter().enumerate() {
+        image::imageops::replace(&mut canvas, panel, (k as u32 * (w + 4)) as i64, 0);
+    }
+    let scale = (256 / h.max(1)).clamp(1, 8);
+    let canvas = image::imageops::resize(
+        &canvas,
+        canvas.width() * scale,
+        h * scale,
+        image::imageops::FilterType::Nearest,
+    );
+    let path = report_dir.join(file);
+    canvas
+        .save(&path)
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+    Ok(serde_json::json!({"file": file.display().to_string(), "caption": caption}))
+}
+
 fn check<P: Protocol>(table: &toml::Value) -> anyhow::Result<Value> {
     Ok(options::<P::Options>(P::NAME, table)?.1)
 }

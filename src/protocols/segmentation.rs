@@ -254,33 +254,17 @@ fn draw(
                 .iter_mut()
                 .for_each(|v| *v = if *v == 0 { 255 } else { *v - 1 });
         }
-        let (w, h) = (img.width(), img.height());
-        let mut canvas = RgbImage::new(3 * w + 8, h);
-        for (k, panel) in [
-            img.clone(),
-            overlay(&img, &gt.labels),
-            overlay(&img, &pred.labels),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            image::imageops::replace(&mut canvas, &panel, (k as u32 * (w + 4)) as i64, 0);
-        }
-        let scale = (256 / h.max(1)).clamp(1, 8);
-        let canvas = image::imageops::resize(
-            &canvas,
-            canvas.width() * scale,
-            h * scale,
-            image::imageops::FilterType::Nearest,
-        );
         let stem = img_path
             .file_stem()
             .map_or_else(|| format!("{i}"), |s| s.to_string_lossy().into_owned());
         let file = figures.join(format!("{}.png", safe_file_name(&stem)));
-        canvas
-            .save(report_dir.join(&file))
-            .with_context(|| format!("writing {}", report_dir.join(&file).display()))?;
-        out.push(json!({"file": file.display().to_string(), "caption": format!("{stem}: image | ground truth | prediction")}));
+        let (truth, predicted) = (overlay(&img, &gt.labels), overlay(&img, &pred.labels));
+        out.push(super::save_panels(
+            vec![img, truth, predicted],
+            report_dir,
+            &file,
+            format!("{stem}: image | ground truth | prediction"),
+        )?);
     }
     Ok(out)
 }
