@@ -102,6 +102,10 @@ pub enum BackboneCommand {
         crop: u32,
         #[arg(long, default_value_t = 32)]
         batch_size: usize,
+        /// GEMM precision: f32, or bf16 (bf16 operands, f32 accumulation; AMX tiles on CPUs that
+        /// have them). Weights, LayerNorm, softmax and GELU stay f32.
+        #[arg(long, default_value = "f32")]
+        precision: features::Precision,
     },
     /// Last-block self-attention of the CLS token, per head, as PNGs (DINO's visualisation).
     Attention {
@@ -152,6 +156,7 @@ pub fn run(cmd: BackboneCommand) -> Result<()> {
             resize,
             crop,
             batch_size,
+            precision,
         } => extract(
             &checkpoint,
             &model,
@@ -162,6 +167,7 @@ pub fn run(cmd: BackboneCommand) -> Result<()> {
             resize,
             crop,
             batch_size,
+            precision,
         ),
         BackboneCommand::Attention {
             checkpoint,
@@ -404,6 +410,7 @@ fn extract(
     resize: u32,
     crop: u32,
     batch_size: usize,
+    precision: features::Precision,
 ) -> Result<()> {
     let ext = out.extension().and_then(|e| e.to_str()).unwrap_or("");
     if ext != "npy" && ext != "safetensors" {
@@ -418,6 +425,7 @@ fn extract(
     let dev = device()?;
     let loaded = backbone::load(checkpoint, &args.spec(), DType::F32, &dev)?;
     report_relaxed(&loaded.report);
+    let vit = precision.apply(loaded.model);
     if layers > loaded.config.depth {
         bail!(
             "--layers {layers} exceeds the model depth {}",
@@ -460,7 +468,7 @@ fn extract(
                 buf.extend_from_slice(&d.0);
             }
             let x = Tensor::from_vec(buf, (end - start, 3, h as usize, w as usize), &dev)?;
-            let f = loaded.model.features(&x, layers, pool)?;
+            let f = vit.features(&x, layers, pool)?;
             dim = f.dim(1)?;
             rows.extend(f.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?);
             start = end;
@@ -509,6 +517,7 @@ fn extract(
                     "images_per_second": n as f64 / seconds.max(1e-9),
                     "device": format!("{dev:?}"),
                     "dtype": "f32",
+                    "precision": precision.name(),
                     "batch_size": batch_size,
                 },
             });

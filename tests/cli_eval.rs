@@ -382,6 +382,72 @@ fn checkpoint_mode_agrees_with_extract_then_precomputed_knn() {
 }
 
 #[test]
+fn bf16_extraction_is_cached_apart_and_stays_close_to_f32() {
+    let case = checkpoint_case();
+    let cache = case.root.join("cache");
+    let run = |precision: Option<&str>, out: &str| {
+        let mut extra = vec!["--cache", s(&cache), "--k", "1,3", "--out", out];
+        if let Some(p) = precision {
+            extra.extend(["--precision", p]);
+        }
+        run_ok(&case.knn(&case.config, &extra));
+        result(Path::new(out))
+    };
+    let dir = |n: &str| case.root.join(n).to_string_lossy().into_owned();
+    let default = run(None, &dir("default"));
+    let f32_run = run(Some("f32"), &dir("f32"));
+    let bf16_run = run(Some("bf16"), &dir("bf16"));
+    for split in ["train", "val"] {
+        let key = |r: &Value| {
+            r["manifest"][split]["cache"]["key"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        // f32 keeps the key it had before the option existed; bf16 gets its own entry.
+        assert_eq!(key(&default), key(&f32_run));
+        assert_ne!(key(&default), key(&bf16_run));
+        assert_eq!(f32_run["manifest"][split]["features"]["precision"], "f32");
+        assert_eq!(bf16_run["manifest"][split]["features"]["precision"], "bf16");
+        let read = |r: &Value| {
+            features::read_feature_file(&cache.join(format!("{}.safetensors", key(r))))
+                .unwrap()
+                .x
+        };
+        let (a, b) = (read(&f32_run), read(&bf16_run));
+        assert_ne!(a, b, "bf16 GEMMs should change the features");
+        for (ra, rb) in a.rows().into_iter().zip(b.rows()) {
+            let cos = ra.dot(&rb) / (ra.dot(&ra).sqrt() * rb.dot(&rb).sqrt());
+            assert!(cos > 0.999, "bf16 vs f32 feature cosine {cos}");
+        }
+
+        // `ibot extract --precision bf16` computes the same rows as the store.
+        let st = case.root.join(format!("{split}-bf16.safetensors"));
+        run_ok(&[
+            "extract",
+            "--checkpoint",
+            s(&case.ckpt),
+            "--images",
+            s(&case.root.join("images").join(split)),
+            "--out",
+            s(&st),
+            "--resize",
+            "32",
+            "--crop",
+            "32",
+            "--precision",
+            "bf16",
+        ]);
+        let file = features::read_feature_file(&st).unwrap();
+        assert_eq!(file.manifest["extraction"]["precision"], "bf16");
+        let diff = (&file.x - &b).mapv(f32::abs).fold(0f32, |m, &v| m.max(v));
+        assert!(diff < 1e-5, "extract vs store (bf16) max |Δ| {diff}");
+    }
+    let err = failure(&case.knn(&case.config, &["--precision", "f16", "--out", &dir("bad")]));
+    assert!(err.contains("f32 or bf16"), "{err}");
+}
+
+#[test]
 fn the_default_cache_honours_ibot_cache() {
     let case = checkpoint_case();
     let home = case.root.join("cache-home");

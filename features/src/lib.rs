@@ -92,6 +92,47 @@ pub struct ModelSource {
     pub key: Option<String>,
     /// Architecture preset; `None` = inferred from shapes.
     pub arch: Option<String>,
+    /// GEMM precision of the forward pass (part of the cache key when not f32).
+    #[serde(default)]
+    pub precision: Precision,
+}
+
+/// GEMM precision of feature extraction: f32, or bf16 operands with f32 accumulation (AMX tiles on
+/// CPUs that have them); weights, LayerNorm, softmax and GELU stay f32 either way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// The model with its GEMMs in this precision (f32 leaves it untouched).
+    pub fn apply(self, vit: backbone::VisionTransformer) -> backbone::VisionTransformer {
+        match self {
+            Precision::F32 => vit,
+            Precision::Bf16 => vit.with_compute_dtype(candle_core::DType::BF16),
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            other => Err(format!("precision must be f32 or bf16, got {other:?}")),
+        }
+    }
 }
 
 pub use data_config::{class_names, open_split, open_split_data, SplitData};

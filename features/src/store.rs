@@ -62,6 +62,7 @@ struct ResolvedModel {
     bytes: u64,
     selected_key: Option<String>,
     config: VitConfig,
+    precision: crate::Precision,
 }
 
 impl FeatureStore {
@@ -418,6 +419,7 @@ impl FeatureStore {
             bytes: meta.len(),
             selected_key: selection.key,
             config,
+            precision: model.precision,
         })
     }
 
@@ -488,7 +490,8 @@ impl FeatureStore {
                     model.checkpoint.display()
                 );
             }
-            let extractor = Extractor::new(loaded.model, spec, model, &device)?;
+            let vit = model.precision.apply(loaded.model);
+            let extractor = Extractor::new(vit, spec, model, &device)?;
             let indices: Vec<usize> = missing
                 .iter()
                 .flat_map(|&c| {
@@ -728,6 +731,11 @@ fn key_of(
         "transform": transform_json(data),
         "features": spec.canonical(),
     });
+    let mut description = description;
+    // f32 keys stay as they were before the precision option existed.
+    if model.precision != crate::Precision::F32 {
+        description["precision"] = json!(model.precision.name());
+    }
     let digest = Sha256::digest(description.to_string().as_bytes());
     format!("{digest:x}")[..32].to_string()
 }
@@ -780,6 +788,7 @@ fn request_manifest(
             "spec": spec.to_string(),
             "layout": spec,
             "dim": Value::Null,
+            "precision": model.precision.name(),
         },
         "cache": {
             "key": key,

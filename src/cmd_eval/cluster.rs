@@ -45,6 +45,10 @@ pub struct ClusterArgs {
     /// Feature store directory (extracted features are cached there).
     #[arg(long, default_value = "cache/features")]
     cache_dir: PathBuf,
+    /// GEMM precision of the extraction: f32, or bf16 (bf16 operands, f32 accumulation; AMX
+    /// tiles on CPUs that have them). bf16 features are cached separately.
+    #[arg(long, default_value = "f32", requires = "checkpoint")]
+    precision: features::Precision,
     /// Split of the data config to cluster.
     #[arg(long, value_enum, default_value = "val")]
     split: SplitArg,
@@ -137,6 +141,7 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<()> {
             checkpoint: checkpoint.clone(),
             key: args.key.clone(),
             arch: args.arch.clone(),
+            precision: args.precision,
         };
         let store = features::FeatureStore::new(&args.cache_dir);
         let ctx = EvalContext {

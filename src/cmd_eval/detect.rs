@@ -52,6 +52,7 @@ pub fn run_detect(args: DetectArgs) -> anyhow::Result<()> {
         checkpoint: args.checkpoint.clone(),
         key: args.key.clone(),
         arch: args.arch.clone(),
+        precision: features::Precision::F32,
     };
     let opts = DetectionOptions {
         data: Some(args.data.clone()),

@@ -63,6 +63,7 @@ pub fn run_finetune(args: FinetuneArgs) -> anyhow::Result<()> {
         checkpoint: args.checkpoint.clone(),
         key: args.key.clone(),
         arch: args.arch.clone(),
+        precision: features::Precision::F32,
     };
     let opts = FinetuneOptions {
         recipe: args.recipe.clone(),

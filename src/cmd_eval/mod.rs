@@ -217,6 +217,10 @@ pub struct CheckpointArgs {
     /// shared by every run and protocol.
     #[arg(long, requires = "checkpoint")]
     pub cache: Option<PathBuf>,
+    /// Checkpoint mode — GEMM precision of the extraction: f32, or bf16 (bf16 operands, f32
+    /// accumulation; AMX tiles on CPUs that have them). bf16 features are cached separately.
+    #[arg(long, default_value = "f32", requires = "checkpoint")]
+    pub precision: features::Precision,
 }
 
 impl CheckpointArgs {
@@ -236,6 +240,7 @@ impl CheckpointArgs {
             checkpoint: checkpoint.clone(),
             key: self.checkpoint_key.clone(),
             arch: self.arch.clone(),
+            precision: self.precision,
         };
         let cache = self.cache.clone().unwrap_or_else(default_cache_dir);
         let mut store = features::FeatureStore::new(cache);

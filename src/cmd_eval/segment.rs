@@ -53,6 +53,7 @@ pub fn run_segment(args: SegmentArgs) -> anyhow::Result<()> {
         checkpoint: args.checkpoint.clone(),
         key: args.key.clone(),
         arch: args.arch.clone(),
+        precision: features::Precision::F32,
     };
     let opts = SegmentationOptions {
         data: Some(args.data.clone()),

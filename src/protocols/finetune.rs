@@ -34,6 +34,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
         "fashion-mnist",
         include_str!("../../configs/finetune/fashion-mnist.toml"),
     ),
+    (
+        "fashion-mnist-few-labels",
+        include_str!("../../configs/finetune/fashion-mnist-few-labels.toml"),
+    ),
 ];
 
 /// `[finetune]` of a suite and the flags of `ibot eval finetune`.
@@ -363,5 +367,18 @@ impl Protocol for Finetune {
             &series,
             false,
         )?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_builtin_recipe_parses_under_its_file_name() {
+        for (name, text) in BUILTIN {
+            let cfg = FinetuneConfig::parse(text, name).unwrap();
+            assert_eq!(&cfg.name.replace('_', "-"), &name.replace('_', "-"));
+        }
     }
 }

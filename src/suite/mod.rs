@@ -105,6 +105,7 @@ pub fn run(args: SuiteArgs) -> anyhow::Result<()> {
             checkpoint: ckpt.path.clone(),
             key: key.clone(),
             arch: arch.clone(),
+            precision: features::Precision::F32,
         };
         let ctx = EvalContext {
             model: &model,

@@ -60,6 +60,7 @@ pub fn model(path: &Path) -> ModelSource {
         checkpoint: path.to_path_buf(),
         key: None,
         arch: None,
+        precision: Default::default(),
     }
 }
 
