@@ -106,14 +106,6 @@ fn read_torch_json(path: &Path) -> Result<Vec<Value>> {
     Ok(out)
 }
 
-fn precision_dtype(p: &str) -> Result<DType> {
-    match p {
-        "f32" => Ok(DType::F32),
-        "bf16" => Ok(DType::BF16),
-        other => bail!("--precision must be f32 or bf16, got {other:?}"),
-    }
-}
-
 fn runtime_info(dev: &Device, precision: &str) -> Value {
     json!({
         "device": if dev.is_cuda() { "cuda" } else { "cpu" },
@@ -146,7 +138,7 @@ pub struct BenchBackboneArgs {
     seconds: f64,
     /// GEMM precision: f32, or bf16 (bf16 operands, f32 accumulation; AMX where available).
     #[arg(long, default_value = "f32")]
-    precision: String,
+    precision: features::Precision,
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     device: DeviceChoice,
     /// Output of tests/reference/bench_torch.py (same arch, batches, threads), run just before:
@@ -164,7 +156,7 @@ fn run_backbone(a: BenchBackboneArgs) -> Result<()> {
     let mut cfg = VitConfig::preset(&a.arch)?;
     cfg.img_size = a.size;
     let dev = device(a.device)?;
-    let compute = precision_dtype(&a.precision)?;
+    let compute = a.precision.compute_dtype();
     let model = backbone::build_model(
         &cfg,
         backbone::init::init_weights(&cfg, 0)?,
@@ -172,7 +164,7 @@ fn run_backbone(a: BenchBackboneArgs) -> Result<()> {
         &dev,
     )?
     .with_compute_dtype(compute);
-    let info = runtime_info(&dev, &a.precision);
+    let info = runtime_info(&dev, a.precision.name());
     eprintln!("{} at {} px, {info}", a.arch, a.size);
     let mut rows = Vec::new();
     for &b in &a.batch {
@@ -451,7 +443,7 @@ pub struct BenchFinetuneArgs {
     steps: usize,
     /// GEMM precision: f32, or bf16 (AMX on CPUs that have it).
     #[arg(long, default_value = "f32")]
-    precision: String,
+    precision: features::Precision,
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     device: DeviceChoice,
     /// Output of tests/reference/bench_finetune_torch.py, run just before: the ratio.
@@ -470,7 +462,7 @@ fn run_finetune(a: BenchFinetuneArgs) -> Result<()> {
         "beit_vit_small_imagenet.toml",
     )?;
     let dev = device(a.device)?;
-    let compute = precision_dtype(&a.precision)?;
+    let compute = a.precision.compute_dtype();
     let mut vit = VitConfig::preset(&a.arch)?;
     vit.img_size = a.size;
     vit.drop_path_rate = cfg.model.drop_path;
@@ -540,7 +532,7 @@ fn run_finetune(a: BenchFinetuneArgs) -> Result<()> {
         "loss_per_step": losses,
         "note": "one untimed warm-up step; random images and soft targets (no data loading)",
     });
-    out = merge(out, runtime_info(&dev, &a.precision));
+    out = merge(out, runtime_info(&dev, a.precision.name()));
     add_torch_step(&mut out, torch.as_ref().and_then(|t| t.first()), step);
     out["loadavg_start"] = load_start;
     out["loadavg_end"] = loadavg();

@@ -229,6 +229,25 @@ impl CheckpointCase {
         a.extend(extra.iter().map(|e| e.to_string()));
         a
     }
+
+    /// `ibot extract` of one split's images at the data config's 32-px transform.
+    fn extract(&self, split: &str, out: &Path, extra: &[&str]) {
+        let mut a = common::strings(&[
+            "extract",
+            "--checkpoint",
+            s(&self.ckpt),
+            "--images",
+            s(&self.root.join("images").join(split)),
+            "--out",
+            s(out),
+            "--resize",
+            "32",
+            "--crop",
+            "32",
+        ]);
+        a.extend(extra.iter().map(|e| e.to_string()));
+        run_ok(&a);
+    }
 }
 
 #[test]
@@ -336,19 +355,7 @@ fn checkpoint_mode_agrees_with_extract_then_precomputed_knn() {
     let mut npy = Vec::new();
     for split in ["train", "val"] {
         let st = case.root.join(format!("{split}.safetensors"));
-        run_ok(&[
-            "extract",
-            "--checkpoint",
-            s(&case.ckpt),
-            "--images",
-            s(&case.root.join("images").join(split)),
-            "--out",
-            s(&st),
-            "--resize",
-            "32",
-            "--crop",
-            "32",
-        ]);
+        case.extract(split, &st, &[]);
         let file = features::read_feature_file(&st).unwrap();
         assert_eq!(file.class_names, ["blue", "green", "red"]);
         assert_eq!(file.manifest["features"]["dim"], 16);
@@ -423,21 +430,7 @@ fn bf16_extraction_is_cached_apart_and_stays_close_to_f32() {
 
         // `ibot extract --precision bf16` computes the same rows as the store.
         let st = case.root.join(format!("{split}-bf16.safetensors"));
-        run_ok(&[
-            "extract",
-            "--checkpoint",
-            s(&case.ckpt),
-            "--images",
-            s(&case.root.join("images").join(split)),
-            "--out",
-            s(&st),
-            "--resize",
-            "32",
-            "--crop",
-            "32",
-            "--precision",
-            "bf16",
-        ]);
+        case.extract(split, &st, &["--precision", "bf16"]);
         let file = features::read_feature_file(&st).unwrap();
         assert_eq!(file.manifest["extraction"]["precision"], "bf16");
         let diff = (&file.x - &b).mapv(f32::abs).fold(0f32, |m, &v| m.max(v));

@@ -115,11 +115,19 @@ impl Precision {
         }
     }
 
+    /// The dtype the GEMMs take.
+    pub fn compute_dtype(self) -> candle_core::DType {
+        match self {
+            Precision::F32 => candle_core::DType::F32,
+            Precision::Bf16 => candle_core::DType::BF16,
+        }
+    }
+
     /// The model with its GEMMs in this precision (f32 leaves it untouched).
     pub fn apply(self, vit: backbone::VisionTransformer) -> backbone::VisionTransformer {
         match self {
             Precision::F32 => vit,
-            Precision::Bf16 => vit.with_compute_dtype(candle_core::DType::BF16),
+            Precision::Bf16 => vit.with_compute_dtype(self.compute_dtype()),
         }
     }
 }
