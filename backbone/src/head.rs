@@ -14,7 +14,7 @@ use rand_distr::{Distribution, Normal, Uniform};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Checkpoint;
-use crate::ops::gelu_erf;
+use crate::ops::Activation;
 use crate::vit::autocast_matmul_t;
 
 /// `F.normalize`'s default eps.
@@ -123,13 +123,19 @@ impl Dense {
         })
     }
 
-    /// One GEMM over all leading dimensions.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// One Linear (+ activation) over all leading dimensions: the fused CPU op where it applies.
+    fn forward_with(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
         let dims = x.dims();
         let in_dim = dims[dims.len() - 1];
         let rows: usize = dims[..dims.len() - 1].iter().product();
-        let y = autocast_matmul_t(&x.reshape((rows, in_dim))?, &self.weight, self.compute)?
-            .broadcast_add(&self.bias)?;
+        let y = crate::ops::linear(
+            &x.reshape((rows, in_dim))?,
+            &self.weight,
+            &self.bias,
+            act,
+            None,
+            self.compute,
+        )?;
         let mut out_dims = dims.to_vec();
         *out_dims.last_mut().unwrap() = self.weight.dim(0)?;
         y.reshape(out_dims)
@@ -156,12 +162,7 @@ impl WeightNormLinear {
     }
 
     fn weight(&self) -> Result<Tensor> {
-        let dtype = self.v.dtype();
-        let v = self.v.to_dtype(DType::F32)?;
-        // torch's norm_except_dim has no eps: a zero row gives NaN there too.
-        let norm = v.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
-        let scale = self.g.to_dtype(DType::F32)?.broadcast_div(&norm)?;
-        v.broadcast_mul(&scale)?.to_dtype(dtype)
+        crate::ops::weight_norm_rows(&self.v, &self.g)
     }
 }
 
@@ -247,9 +248,9 @@ impl IbotHead {
 
     /// MLP → L2 normalisation, on the last dimension of any shape.
     fn bottleneck(&self, x: &Tensor) -> Result<Tensor> {
-        let h = gelu_erf(&self.fc0.forward(x)?)?;
-        let h = gelu_erf(&self.fc2.forward(&h)?)?;
-        l2_normalize(&self.fc4.forward(&h)?)
+        let h = self.fc0.forward_with(x, Activation::Gelu)?;
+        let h = self.fc2.forward_with(&h, Activation::Gelu)?;
+        l2_normalize(&self.fc4.forward_with(&h, Activation::Identity)?)
     }
 
     /// tokens [B, 1+N, D] → (CLS logits [B, K], patch logits [B, N, Kp]).
@@ -259,17 +260,13 @@ impl IbotHead {
             candle_core::bail!("head input has {t} tokens; need the CLS token and ≥1 patch");
         }
         let z = self.bottleneck(tokens)?;
-        let cls = project(
-            &z.narrow(1, 0, 1)?.squeeze(1)?,
-            &self.last_layer.weight()?,
-            self.compute,
-        )?;
-        let patch_layer = self.last_layer2.as_ref().unwrap_or(&self.last_layer);
-        let patch = project(
-            &z.narrow(1, 1, t - 1)?,
-            &patch_layer.weight()?,
-            self.compute,
-        )?;
+        let cls_weight = self.last_layer.weight()?;
+        let cls = project(&z.narrow(1, 0, 1)?.squeeze(1)?, &cls_weight, self.compute)?;
+        let patch_weight = match &self.last_layer2 {
+            Some(layer) => layer.weight()?,
+            None => cls_weight,
+        };
+        let patch = project(&z.narrow(1, 1, t - 1)?, &patch_weight, self.compute)?;
         Ok((cls, patch))
     }
 

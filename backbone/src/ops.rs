@@ -16,6 +16,8 @@ mod attention;
 mod fused;
 mod gemm;
 mod linear;
+mod soft_ce;
+mod weight_norm;
 
 pub use gemm::Precision;
 pub use linear::Activation;
@@ -95,6 +97,90 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     let e = x32.broadcast_sub(&max)?.exp()?;
     let sum = e.sum_keepdim(D::Minus1)?;
     e.broadcast_div(&sum)?.to_dtype(dtype)
+}
+
+/// softmax((x − center) / temp) over the last dimension, in f32 and without a gradient: the
+/// centred, sharpened teacher targets of DINO/iBOT. `center` holds the last dimension's values
+/// (any shape that broadcasts over the leading dimensions, e.g. [1, K]).
+pub fn centered_softmax(x: &Tensor, center: &Tensor, temp: f64) -> Result<Tensor> {
+    let x = x.detach().to_dtype(DType::F32)?;
+    let center = center.detach().to_dtype(DType::F32)?;
+    let k = x.dim(D::Minus1)?;
+    if fused_f32_cpu(&[&x, &center]) && center.elem_count() == k {
+        let op = soft_ce::CenteredSoftmax {
+            scale: (1.0 / temp) as f32,
+        };
+        return x
+            .contiguous()?
+            .apply_op2_no_bwd(&center.flatten_all()?.contiguous()?, &op);
+    }
+    let z = (x.broadcast_sub(&center)? / temp)?;
+    let e = z.broadcast_sub(&z.max_keepdim(D::Minus1)?)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+/// `torch.nn.utils.weight_norm` over rows: W = g · v / ‖v‖_row for v [R, C] and g [R, 1] (or
+/// [R]), differentiable in both; no eps, as torch's `norm_except_dim` (a zero row gives NaN).
+pub fn weight_norm_rows(v: &Tensor, g: &Tensor) -> Result<Tensor> {
+    if fused_f32_cpu(&[v, g]) && v.rank() == 2 && g.elem_count() == v.dim(0)? && v.dim(1)? > 0 {
+        let (vc, gc) = (v.contiguous()?, g.contiguous()?);
+        let op = weight_norm::WeightNorm::new();
+        return if v.track_op() || g.track_op() {
+            vc.apply_op2(&gc, op)
+        } else {
+            vc.apply_op2_no_bwd(&gc, &op)
+        };
+    }
+    let dtype = v.dtype();
+    let v = v.to_dtype(DType::F32)?;
+    let norm = v.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
+    let scale = g
+        .to_dtype(DType::F32)?
+        .reshape((v.dim(0)?, 1))?
+        .broadcast_div(&norm)?;
+    v.broadcast_mul(&scale)?.to_dtype(dtype)
+}
+
+/// [.., K] → [K]: the sum over every leading dimension, in f32 and without a gradient (rows in
+/// parallel on the CPU; candle reduces a non-last dimension on one thread).
+pub fn sum_leading_dims(x: &Tensor) -> Result<Tensor> {
+    let x = x.detach().to_dtype(DType::F32)?;
+    if fused_f32_cpu(&[&x]) {
+        return x.contiguous()?.apply_op1_no_bwd(&fused::ColumnSum);
+    }
+    let k = x.dim(D::Minus1)?;
+    x.reshape(((), k))?.sum(0)
+}
+
+/// Per row of `logits` [.., K]: −Σₖ targetₖ · log_softmax(logits / temp)ₖ, in f32, shaped like
+/// `logits` without its last dimension. The gradient flows to `logits` only: the targets are
+/// constants (a teacher's outputs).
+pub fn soft_cross_entropy(logits: &Tensor, targets: &Tensor, temp: f64) -> Result<Tensor> {
+    let logits = logits.to_dtype(DType::F32)?;
+    let targets = targets.detach().to_dtype(DType::F32)?;
+    if logits.dims() != targets.dims() {
+        candle_core::bail!(
+            "soft cross-entropy: logits {:?} and targets {:?} differ",
+            logits.dims(),
+            targets.dims()
+        )
+    }
+    if fused_f32_cpu(&[&logits, &targets]) && logits.dim(D::Minus1)? > 0 {
+        let (x, p) = (logits.contiguous()?, targets.contiguous()?);
+        let op = soft_ce::SoftCrossEntropy::new((1.0 / temp) as f32);
+        return if x.track_op() {
+            x.apply_op2(&p, op)
+        } else {
+            x.apply_op2_no_bwd(&p, &op)
+        };
+    }
+    let z = (logits / temp)?;
+    // The detached max cancels exactly in the log-softmax.
+    let shifted = z.broadcast_sub(&z.max_keepdim(D::Minus1)?.detach())?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    (targets * shifted.broadcast_sub(&lse)?)?
+        .sum(D::Minus1)?
+        .neg()
 }
 
 /// `x + bias` with `bias` broadcast over the leading dimensions of `x` (a Linear layer's bias).
@@ -309,7 +395,9 @@ pub fn amx_available() -> bool {
 ///   hand memory back below 1 GiB (`M_TRIM_THRESHOLD`): every candle op allocates its output and
 ///   every gradient starts as a fresh zero tensor, and with glibc's defaults most of those
 ///   blocks came from fresh `mmap`s, each page faulted in again (≈1 M page faults per step).
-///   `MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_` in the environment take precedence.
+///   Blocks above that cap are not mapped separately either (`M_MMAP_MAX` 0): they come from the
+///   heap and are reused like the others (forward at batch 32: 22.5 → 24 images/s).
+///   `MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_` / `MALLOC_MMAP_MAX_` take precedence.
 pub fn init_cpu_runtime() {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
@@ -321,6 +409,7 @@ pub fn init_cpu_runtime() {
         }
         const M_TRIM_THRESHOLD: std::ffi::c_int = -1;
         const M_MMAP_THRESHOLD: std::ffi::c_int = -3;
+        const M_MMAP_MAX: std::ffi::c_int = -4;
         // SAFETY: mallopt only changes allocator parameters; called before other threads run.
         unsafe {
             if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
@@ -328,6 +417,11 @@ pub fn init_cpu_runtime() {
             }
             if std::env::var_os("MALLOC_TRIM_THRESHOLD_").is_none() {
                 mallopt(M_TRIM_THRESHOLD, 1 << 30);
+            }
+            // glibc caps the threshold at 32 MiB; larger blocks (a ViT-S MLP activation at
+            // batch 32 is 39 MB) would still be fresh mappings, faulted in page by page.
+            if std::env::var_os("MALLOC_MMAP_MAX_").is_none() {
+                mallopt(M_MMAP_MAX, 0);
             }
         }
     }
@@ -344,6 +438,7 @@ fn exp_neg(x: f32) -> f32 {
     // Round-to-nearest by the 1.5·2^23 trick (no libm call).
     let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
     let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
+    // Taylor to r⁷ on |r| ≤ ln2/2: truncation below 1e-8 relative (to r⁶: ~1.2e-7, two ulps).
     let p = 1.0
         + r * (1.0
             + r * (0.5
@@ -376,15 +471,39 @@ fn gelu_grad(x: f32) -> f32 {
     0.5 * (1.0 + erf(x * SQRT1_2)) + x * INV_SQRT_2PI * exp_neg(-0.5 * x * x)
 }
 
+/// Whether the element-wise kernels take their AVX-512 build (16 lanes: the GELU and softmax
+/// polynomials are compute-bound at 8). `IBOT_NO_AVX512=1` keeps them on AVX2.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn use_avx512() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        std::env::var_os("IBOT_NO_AVX512").is_none_or(|v| v.is_empty() || v == "0")
+            && std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512vl")
+            && std::is_x86_feature_detected!("avx512dq")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("fma")
+    })
+}
+
 /// [`with_simd`] for kernels of any signature: `kernel` must be an `#[inline(always)]` fn item
 /// taking its arguments as one tuple.
 #[inline(always)]
 fn with_simd_args<A, R, K: Fn(A) -> R>(kernel: K, args: A) -> R {
     #[cfg(target_arch = "x86_64")]
     {
+        #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
+        unsafe fn avx512<A, R, K: Fn(A) -> R>(kernel: K, args: A) -> R {
+            kernel(args)
+        }
         #[target_feature(enable = "avx2,fma")]
         unsafe fn avx2<A, R, K: Fn(A) -> R>(kernel: K, args: A) -> R {
             kernel(args)
+        }
+        if use_avx512() {
+            // SAFETY: the CPU supports the enabled features (checked by `use_avx512`).
+            return unsafe { avx512(kernel, args) };
         }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             // SAFETY: the CPU supports the enabled features (checked just above).
@@ -401,9 +520,17 @@ fn with_simd_args<A, R, K: Fn(A) -> R>(kernel: K, args: A) -> R {
 fn with_simd<K: Fn(&[f32], &mut [f32])>(kernel: K, src: &[f32], dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
+        #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
+        unsafe fn avx512<K: Fn(&[f32], &mut [f32])>(kernel: K, src: &[f32], dst: &mut [f32]) {
+            kernel(src, dst)
+        }
         #[target_feature(enable = "avx2,fma")]
         unsafe fn avx2<K: Fn(&[f32], &mut [f32])>(kernel: K, src: &[f32], dst: &mut [f32]) {
             kernel(src, dst)
+        }
+        if use_avx512() {
+            // SAFETY: the CPU supports the enabled features (checked by `use_avx512`).
+            return unsafe { avx512(kernel, src, dst) };
         }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             // SAFETY: the CPU supports the enabled features (checked just above).
@@ -636,6 +763,134 @@ mod tests {
             .max_all()?
             .to_scalar::<f32>()?;
         assert!(diff < 1e-5, "gelu grad max abs diff {diff}");
+        Ok(())
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+        (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+    }
+
+    /// The fused distillation ops against the composed candle path (forward and the logits'
+    /// gradient under an arbitrary per-row weighting) and against an f64 evaluation.
+    #[test]
+    fn soft_cross_entropy_and_centered_softmax_match_the_composed_ops() -> Result<()> {
+        let dev = Device::Cpu;
+        let (rows, k, temp) = (3 * 7, 300, 0.1);
+        let logits = (Tensor::randn(0f32, 1.0, (3, 7, k), &dev)? * 4.0)?;
+        let teacher = (Tensor::randn(0f32, 1.0, (3, 7, k), &dev)? * 3.0)?;
+        let center = Tensor::randn(0f32, 0.5, (1, 1, k), &dev)?;
+        let weights = Tensor::randn(0f32, 1.0, (3, 7), &dev)?;
+
+        let p = centered_softmax(&teacher, &center, 0.04)?;
+        let p_ref = with_composed_ops(|| centered_softmax(&teacher, &center, 0.04))?;
+        assert!(max_abs_diff(&p, &p_ref)? < 1e-6);
+        assert!(max_abs_diff(&p.sum(D::Minus1)?, &Tensor::ones((3, 7), DType::F32, &dev)?)? < 1e-5);
+
+        let x = Var::from_tensor(&logits)?;
+        let ce = soft_cross_entropy(x.as_tensor(), &p, temp)?;
+        let ce_ref = with_composed_ops(|| soft_cross_entropy(x.as_tensor(), &p, temp))?;
+        assert_eq!(ce.dims(), [3, 7]);
+        assert!(max_abs_diff(&ce, &ce_ref)? < 2e-4 * ce_ref.abs()?.max_all()?.to_scalar::<f32>()?);
+        // f64 per-row cross-entropy.
+        let (lx, lp) = (
+            logits.flatten_to(1)?.to_vec2::<f32>()?,
+            p.flatten_to(1)?.to_vec2::<f32>()?,
+        );
+        let got = ce.flatten_all()?.to_vec1::<f32>()?;
+        for r in 0..rows {
+            let z: Vec<f64> = lx[r].iter().map(|&v| v as f64 / temp).collect();
+            let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let lse = m + z.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+            let want: f64 = -lp[r]
+                .iter()
+                .zip(&z)
+                .map(|(&p, z)| p as f64 * (z - lse))
+                .sum::<f64>();
+            assert!(
+                (got[r] as f64 - want).abs() < 1e-4 * want.abs().max(1.0),
+                "row {r}"
+            );
+        }
+        let g = (ce * &weights)?.sum_all()?.backward()?;
+        let g_ref = with_composed_ops(|| -> Result<_> {
+            (soft_cross_entropy(x.as_tensor(), &p, temp)? * &weights)?
+                .sum_all()?
+                .backward()
+        })?;
+        let (g, g_ref) = (
+            g.get(x.as_tensor()).unwrap(),
+            g_ref.get(x.as_tensor()).unwrap(),
+        );
+        let scale = g_ref.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(max_abs_diff(g, g_ref)? < 1e-4 * scale, "gradient");
+
+        let sums = sum_leading_dims(&teacher)?;
+        let sums_ref = teacher.reshape((rows, k))?.sum(0)?;
+        assert!(max_abs_diff(&sums, &sums_ref)? < 1e-4);
+        Ok(())
+    }
+
+    #[test]
+    fn weight_norm_matches_the_composed_ops_with_gradients() -> Result<()> {
+        let dev = Device::Cpu;
+        let v = Var::from_tensor(&Tensor::randn(0f32, 1.0, (300, 40), &dev)?)?;
+        let g = Var::from_tensor(&(Tensor::randn(0f32, 1.0, (300, 1), &dev)? + 2.0)?)?;
+        let upstream = Tensor::randn(0f32, 1.0, (300, 40), &dev)?;
+        let run = || -> Result<(Tensor, Tensor, Tensor)> {
+            let w = weight_norm_rows(v.as_tensor(), g.as_tensor())?;
+            let grads = (&w * &upstream)?.sum_all()?.backward()?;
+            let dv = grads.get(v.as_tensor()).unwrap().clone();
+            let dg = grads.get(g.as_tensor()).unwrap().clone();
+            Ok((w, dv, dg))
+        };
+        let (w, dv, dg) = run()?;
+        let (w_ref, dv_ref, dg_ref) = with_composed_ops(run)?;
+        assert!(max_abs_diff(&w, &w_ref)? < 1e-6);
+        assert!(max_abs_diff(&dv, &dv_ref)? < 1e-5);
+        assert_eq!(dg.dims(), [300, 1]);
+        assert!(max_abs_diff(&dg, &dg_ref)? < 1e-4);
+        // A frozen gain (a detached tensor) gets no gradient; v still does.
+        let frozen = g.as_tensor().detach();
+        let grads = weight_norm_rows(v.as_tensor(), &frozen)?
+            .sum_all()?
+            .backward()?;
+        assert!(grads.get(&frozen).is_none() && grads.get(v.as_tensor()).is_some());
+        Ok(())
+    }
+
+    /// candle-core is patched (vendor/README.md) to store a gradient's first contribution as it
+    /// is: contributions from several uses, subtractions, broadcasts and views must still sum.
+    #[test]
+    fn backward_sums_every_contribution() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::new(
+            &[[0.5f32, -1.0, 2.0], [1.5, 0.25, -0.75]],
+            &dev,
+        )?)?;
+        let xt = x.as_tensor();
+        // f = Σ x² + Σ x − Σ exp(x) − Σ_rows (Σ_cols x)·x[:, 0] + Σ (xᵀ)·3
+        let row_sums = xt.sum_keepdim(1)?;
+        let f = ((xt.sqr()?.sum_all()? + xt.sum_all()?)?
+            - xt.exp()?.sum_all()?
+            - (row_sums * xt.narrow(1, 0, 1)?)?.sum_all()?
+            + (xt.t()? * 3.0)?.sum_all()?)?;
+        let g = f.backward()?;
+        let g = g.get(xt).unwrap().to_vec2::<f32>()?;
+        let v = [[0.5f32, -1.0, 2.0], [1.5, 0.25, -0.75]];
+        for r in 0..2 {
+            let s: f32 = v[r].iter().sum();
+            for c in 0..3 {
+                let mut want = 2.0 * v[r][c] + 1.0 - v[r][c].exp() - v[r][0] + 3.0;
+                if c == 0 {
+                    want -= s;
+                }
+                assert!(
+                    (g[r][c] - want).abs() < 1e-5,
+                    "({r},{c}): {} vs {want}",
+                    g[r][c]
+                );
+            }
+        }
         Ok(())
     }
 

@@ -2,6 +2,7 @@
 //! masked-patch self-distillation on the same view, against a centred and sharpened teacher,
 //! followed by the EMA update of both centres. All arithmetic is f32 whatever the inputs' dtype.
 
+use backbone::ops::{centered_softmax, soft_cross_entropy, sum_leading_dims};
 use candle_core::{DType, Device, Result, Tensor, D};
 use serde::{Deserialize, Serialize};
 
@@ -96,21 +97,6 @@ pub struct IbotLoss {
     temps: Vec<f64>,
     patch_temps: Vec<f64>,
     last_stats: Option<TeacherStats>,
-}
-
-/// log_softmax over the last dim from differentiable ops; the detached max cancels exactly.
-fn log_softmax(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let shifted = x.broadcast_sub(&max)?;
-    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    shifted.broadcast_sub(&lse)
-}
-
-/// Softmax of a constant (teacher) tensor; no gradient needed.
-fn softmax(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?;
-    let e = x.broadcast_sub(&max)?.exp()?;
-    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
 }
 
 /// Sum over ranks (the identity for one process).
@@ -259,14 +245,13 @@ impl IbotLoss {
         if let Some(local) = student_local_cls {
             s_cls = Tensor::cat(&[&s_cls, &local.to_dtype(DType::F32)?], 0)?;
         }
-        let s_cls = log_softmax(&(s_cls / st)?)?;
-        let s_patch = log_softmax(&(student_global_patch.to_dtype(DType::F32)? / st)?)?;
-
         let t_cls = teacher_cls.detach().to_dtype(DType::F32)?;
         let t_patch = teacher_patch.detach().to_dtype(DType::F32)?;
-        let p_cls = softmax(&(t_cls.broadcast_sub(&self.center)? / temp)?)?;
-        let p_patch = softmax(&(t_patch.broadcast_sub(&self.center2)? / temp2)?)?;
+        let p_cls = centered_softmax(&t_cls, &self.center, temp)?;
+        let p_patch = centered_softmax(&t_patch, &self.center2, temp2)?;
         let masks = masks.detach().to_dtype(DType::F32)?;
+        // Patch terms pair each global view with itself: one cross-entropy over all rows.
+        let patch_ce = soft_cross_entropy(student_global_patch, &p_patch, st)?;
 
         let mut cls_terms = Vec::new();
         let mut patch_terms = Vec::new();
@@ -274,16 +259,14 @@ impl IbotLoss {
             let pq = p_cls.narrow(0, q * b, b)?;
             for v in 0..g + l {
                 if v == q {
-                    let ce = (p_patch.narrow(0, q * b, b)? * s_patch.narrow(0, v * b, b)?)?
-                        .sum(D::Minus1)?
-                        .neg()?;
+                    let ce = patch_ce.narrow(0, q * b, b)?;
                     let m = masks.narrow(0, v * b, b)?;
                     let per_image = (ce * &m)?
                         .sum(D::Minus1)?
                         .div(&m.sum(D::Minus1)?.maximum(1.0)?)?;
                     patch_terms.push(per_image.mean_all()?);
                 } else {
-                    let ce = (&pq * s_cls.narrow(0, v * b, b)?)?.sum(D::Minus1)?.neg()?;
+                    let ce = soft_cross_entropy(&s_cls.narrow(0, v * b, b)?, &pq, st)?;
                     cls_terms.push(ce.mean_all()?);
                 }
             }
@@ -316,7 +299,10 @@ impl IbotLoss {
         let m2 = self.cfg.center_momentum2;
         let c = (reduce(comm, &t_cls.sum_keepdim(0)?)? / rows)?;
         self.center = ((&self.center * m)? + (c * (1.0 - m))?)?.detach();
-        let c2 = (reduce(comm, &t_patch.mean(1)?.sum_keepdim(0)?)? / rows)?.unsqueeze(0)?;
+        // Σ over images of the per-image token mean = Σ over all tokens / tokens per image.
+        let (_, tokens, kp) = t_patch.dims3()?;
+        let per_image_means = (sum_leading_dims(t_patch)? / tokens as f64)?.reshape((1, kp))?;
+        let c2 = (reduce(comm, &per_image_means)? / rows)?.unsqueeze(0)?;
         self.center2 = ((&self.center2 * m2)? + (c2 * (1.0 - m2))?)?.detach();
         Ok(())
     }

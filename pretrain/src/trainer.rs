@@ -722,7 +722,7 @@ impl Trainer {
                 tensors.push((format!("{prefix}.{name}"), var.as_detached_tensor()));
             }
         }
-        let (moments, steps) = self.optimizer.state();
+        let (moments, steps) = self.optimizer.state()?;
         tensors.extend(
             moments
                 .into_iter()

@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use anyhow::{bail, Result};
 use candle_core::{Tensor, Var};
 
+use crate::inplace::{ema_update, is_cpu_f32, shares_storage, with_f32, with_f32_mut};
+
 pub struct Ema {
     /// (target, source) pairs.
     pairs: Vec<(Var, Var)>,
@@ -42,6 +44,15 @@ impl Ema {
 
     pub fn update(&self, momentum: f64) -> Result<()> {
         for (t, s) in &self.pairs {
+            let (target, source) = (t.as_tensor(), s.as_tensor());
+            if is_cpu_f32(target) && is_cpu_f32(source) && !shares_storage(target, source) {
+                // The same f32 expression, in place.
+                let (m, rest) = (momentum as f32, (1.0 - momentum) as f32);
+                with_f32(source, |src| {
+                    with_f32_mut(target, |dst| ema_update(dst, src, m, rest))
+                })??;
+                continue;
+            }
             let updated: Tensor = ((t.as_detached_tensor() * momentum)?
                 + (s.as_detached_tensor() * (1.0 - momentum))?)?;
             t.set(&updated)?;

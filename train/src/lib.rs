@@ -7,6 +7,7 @@
 pub mod checkpoint;
 pub mod device;
 pub mod ema;
+mod inplace;
 pub mod io;
 pub mod loss;
 pub mod meter;

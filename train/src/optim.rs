@@ -15,6 +15,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+use crate::inplace::{is_cpu_f32, shares_storage, sum_squares, AdamWStep};
 use crate::param_groups::ParamGroup;
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -146,16 +147,18 @@ impl AdamW {
         let mut present: Vec<(usize, Tensor)> = Vec::new();
         for (i, slot) in self.slots.iter().enumerate() {
             if let Some(g) = grads.get(slot.var.as_tensor()) {
-                present.push((i, g.detach().to_dtype(DType::F32)?));
+                present.push((i, g.detach().to_dtype(DType::F32)?.contiguous()?));
             }
         }
+        // Clipping as a factor per gradient, folded into the update (None: unclipped).
+        let mut factors: Vec<Option<f64>> = vec![None; present.len()];
         match clip {
             Clip::None => {}
             Clip::PerParam(max) => {
-                for (_, g) in &mut present {
-                    let norm = g.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()? as f64;
+                for ((_, g), factor) in present.iter().zip(&mut factors) {
+                    let norm = sum_squares(g)?.sqrt();
                     if norm > max {
-                        *g = (&*g * (max / (norm + 1e-6)))?;
+                        *factor = Some(max / (norm + 1e-6));
                         stats.clipped += 1;
                     }
                 }
@@ -163,66 +166,91 @@ impl AdamW {
             Clip::GlobalNorm(max) => {
                 let mut total = 0f64;
                 for (_, g) in &present {
-                    total += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+                    total += sum_squares(g)?;
                 }
                 let norm = total.sqrt();
                 stats.grad_norm = Some(norm);
                 let coef = max / (norm + 1e-6);
                 if coef < 1.0 {
-                    for (_, g) in &mut present {
-                        *g = (&*g * coef)?;
-                    }
+                    factors.iter_mut().for_each(|f| *f = Some(coef));
                     stats.clipped = present.len();
                 }
             }
         }
         let c = self.config;
-        for (i, g) in present {
+        for ((i, g), factor) in present.into_iter().zip(factors) {
             let slot = &mut self.slots[i];
             if frozen(&slot.name) {
                 stats.skipped_frozen += 1;
                 continue;
             }
             let lr = lr * slot.group.lr_scale;
-            let theta = slot.var.as_detached_tensor().to_dtype(DType::F32)?;
             let st = match &mut slot.state {
                 Some(st) => st,
-                None => slot.state.insert(Moments {
-                    step: 0,
-                    m: theta.zeros_like()?,
-                    v: theta.zeros_like()?,
-                }),
+                None => {
+                    let zeros = slot.var.zeros_like()?.to_dtype(DType::F32)?;
+                    slot.state.insert(Moments {
+                        step: 0,
+                        m: zeros.clone(),
+                        v: zeros.copy()?,
+                    })
+                }
             };
             st.step += 1;
-            let theta = if slot.group.decay && wd != 0.0 {
-                (theta * (1.0 - lr * wd))?
-            } else {
-                theta
-            };
-            st.m = ((&st.m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
-            st.v = ((&st.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+            let decay = (slot.group.decay && wd != 0.0).then_some(1.0 - lr * wd);
             let bc1 = 1.0 - c.beta1.powi(st.step as i32);
             let bc2 = 1.0 - c.beta2.powi(st.step as i32);
-            let denom = ((st.v.sqrt()? / bc2.sqrt())? + c.eps)?;
-            let theta = (theta - ((&st.m / denom)? * (lr / bc1))?)?;
-            slot.var.set(&theta.to_dtype(slot.var.dtype())?)?;
+            let var = slot.var.as_tensor();
+            let in_place =
+                [var, &st.m, &st.v, &g].iter().all(|t| is_cpu_f32(t)) && !shares_storage(var, &g);
+            if in_place {
+                let kernel = AdamWStep {
+                    grad_scale: factor.map(|f| f as f32),
+                    decay: decay.map(|d| d as f32),
+                    beta1: c.beta1 as f32,
+                    one_minus_beta1: (1.0 - c.beta1) as f32,
+                    beta2: c.beta2 as f32,
+                    one_minus_beta2: (1.0 - c.beta2) as f32,
+                    inv_sqrt_bc2: (1.0 / bc2.sqrt()) as f32,
+                    eps: c.eps as f32,
+                    step_size: (lr / bc1) as f32,
+                };
+                kernel.apply_to(var, &st.m, &st.v, &g)?;
+            } else {
+                // Other devices and dtypes: the same expressions as tensor ops.
+                let g = match factor {
+                    Some(f) => (&g * f)?,
+                    None => g,
+                };
+                let theta = slot.var.as_detached_tensor().to_dtype(DType::F32)?;
+                let theta = match decay {
+                    Some(d) => (theta * d)?,
+                    None => theta,
+                };
+                st.m = ((&st.m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
+                st.v = ((&st.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+                let denom = ((st.v.sqrt()? / bc2.sqrt())? + c.eps)?;
+                let theta = (theta - ((&st.m / denom)? * (lr / bc1))?)?;
+                slot.var.set(&theta.to_dtype(slot.var.dtype())?)?;
+            }
             stats.updated += 1;
         }
         Ok(stats)
     }
 
     /// Moments as named tensors (`<param>.exp_avg`, `<param>.exp_avg_sq`) and per-parameter steps.
-    pub fn state(&self) -> (Vec<(String, Tensor)>, BTreeMap<String, u64>) {
+    pub fn state(&self) -> Result<(Vec<(String, Tensor)>, BTreeMap<String, u64>)> {
         let mut tensors = Vec::new();
         let mut steps = BTreeMap::new();
         for s in &self.slots {
             if let Some(st) = &s.state {
-                tensors.push((format!("{}.exp_avg", s.name), st.m.clone()));
-                tensors.push((format!("{}.exp_avg_sq", s.name), st.v.clone()));
+                // Snapshots: the moments are updated in place by later steps.
+                tensors.push((format!("{}.exp_avg", s.name), st.m.copy()?));
+                tensors.push((format!("{}.exp_avg_sq", s.name), st.v.copy()?));
                 steps.insert(s.name.clone(), st.step);
             }
         }
-        (tensors, steps)
+        Ok((tensors, steps))
     }
 
     /// Restores [`AdamW::state`]; `get` looks a moment tensor up by name.

@@ -11,7 +11,11 @@ use rayon::prelude::*;
 
 use super::{with_simd_args, PAR_CHUNK};
 
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+pub(super) fn contiguous_f32<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    what: &str,
+) -> Result<&'a [f32]> {
     let CpuStorage::F32(data) = storage else {
         candle_core::bail!("{what}: expected f32 storage")
     };
@@ -21,18 +25,18 @@ fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> R
     }
 }
 
-fn last_dim(layout: &Layout) -> usize {
+pub(super) fn last_dim(layout: &Layout) -> usize {
     layout.shape().dims().last().copied().unwrap_or(1)
 }
 
 /// Rows per rayon task: about PAR_CHUNK elements, at least one row.
-fn rows_per_task(n: usize) -> usize {
+pub(super) fn rows_per_task(n: usize) -> usize {
     (PAR_CHUNK / n.max(1)).max(1)
 }
 
 /// Σ a, with eight independent accumulators so that it vectorises without fast-math.
 #[inline(always)]
-fn sum8(a: &[f32]) -> f32 {
+pub(super) fn sum8(a: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let mut chunks = a.chunks_exact(8);
     for c in &mut chunks {
@@ -386,7 +390,7 @@ impl CustomOp2 for AddBias {
 }
 
 /// [.., n] → [n]: the sum over all leading dimensions.
-struct ColumnSum;
+pub(super) struct ColumnSum;
 
 impl CustomOp1 for ColumnSum {
     fn name(&self) -> &'static str {

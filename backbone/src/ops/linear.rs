@@ -6,6 +6,7 @@
 //! backward one pass for the effective output gradient and two GEMMs that read their operands
 //! in place through strides (dx = g·w, dw = gᵀ·x) plus a parallel column sum for the bias.
 
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor};
@@ -101,17 +102,40 @@ fn bias_slice<'a>(data: &'a [f32], l: &Layout, n: usize) -> Result<&'a [f32]> {
     }
 }
 
-#[inline(always)]
-fn fill_rows((rows, b): (&mut [f32], &[f32])) {
-    for r in rows.chunks_exact_mut(b.len()) {
-        r.copy_from_slice(b);
+/// A new vector of `len` values, every one written by `fill` — the outputs below are written
+/// whole by a GEMM or an element-wise pass, so zeroing them first (a serial memset on the
+/// calling thread) would only cost time.
+///
+/// # Safety
+/// `fill` must write every element of the slice it is given.
+unsafe fn written(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+    let mut v = Vec::with_capacity(len);
+    fill(&mut v.spare_capacity_mut()[..len]);
+    v.set_len(len);
+    v
+}
+
+/// A GEMM destination over uninitialised memory (written, never read, with `accumulate` off).
+fn mat_out(v: &mut [MaybeUninit<f32>], rs: usize) -> MatMut {
+    MatMut {
+        ptr: v.as_mut_ptr() as *mut f32,
+        rs: rs as isize,
     }
 }
 
 #[inline(always)]
-fn gelu_into((pre, out): (&[f32], &mut [f32])) {
+fn fill_rows((rows, b): (&mut [MaybeUninit<f32>], &[f32])) {
+    for r in rows.chunks_exact_mut(b.len()) {
+        for (d, s) in r.iter_mut().zip(b) {
+            d.write(*s);
+        }
+    }
+}
+
+#[inline(always)]
+fn gelu_into((pre, out): (&[f32], &mut [MaybeUninit<f32>])) {
     for (o, p) in out.iter_mut().zip(pre) {
-        *o = gelu(*p);
+        o.write(gelu(*p));
     }
 }
 
@@ -130,16 +154,16 @@ fn scale_rows((y, s): (&mut [f32], f32)) {
 }
 
 #[inline(always)]
-fn gelu_backward((g, pre, s, out): (&[f32], &[f32], f32, &mut [f32])) {
+fn gelu_backward((g, pre, s, out): (&[f32], &[f32], f32, &mut [MaybeUninit<f32>])) {
     for ((o, g), p) in out.iter_mut().zip(g).zip(pre) {
-        *o = g * s * gelu_grad(*p);
+        o.write(g * s * gelu_grad(*p));
     }
 }
 
 #[inline(always)]
-fn scaled_copy((g, s, out): (&[f32], f32, &mut [f32])) {
+fn scaled_copy((g, s, out): (&[f32], f32, &mut [MaybeUninit<f32>])) {
     for (o, g) in out.iter_mut().zip(g) {
-        *o = g * s;
+        o.write(g * s);
     }
 }
 
@@ -207,40 +231,47 @@ impl LinearOp {
                 candle_core::bail!("linear: {} row factors × {per} rows ≠ {rows} rows", f.len())
             }
         }
-        let mut y = vec![0f32; rows * n];
         let chunk = task_rows(n) * n;
-        if let Some(b) = bias {
-            if n > 0 {
-                y.par_chunks_mut(chunk)
-                    .for_each(|r| with_simd_args(fill_rows, (r, b)));
-            }
-        }
-        // SAFETY: the views were bounds-checked against their buffers; y is rows × n.
-        unsafe {
-            matmul(
-                rows,
-                n,
-                k,
-                MatMut::new(&mut y, 0, n.max(1)),
-                bias.is_some(),
-                xv,
-                wv.t(),
-                1.0,
-                self.precision,
-                pool_threads(),
-            )
+        // SAFETY: the views were bounds-checked against their buffers; y is rows × n, written
+        // whole: by the bias rows and the accumulating GEMM, or by the GEMM alone.
+        let y = unsafe {
+            written(rows * n, |y| {
+                if let Some(b) = bias {
+                    if n > 0 {
+                        y.par_chunks_mut(chunk)
+                            .for_each(|r| with_simd_args(fill_rows, (r, b)));
+                    }
+                }
+                matmul(
+                    rows,
+                    n,
+                    k,
+                    mat_out(y, n.max(1)),
+                    bias.is_some(),
+                    xv,
+                    wv.t(),
+                    1.0,
+                    self.precision,
+                    pool_threads(),
+                )
+            })
         };
         let mut y = match self.act {
             Activation::Identity => y,
             Activation::Gelu if self.keep_pre => {
-                let mut out = vec![0f32; y.len()];
-                out.par_chunks_mut(PAR_CHUNK)
-                    .zip(y.par_chunks(PAR_CHUNK))
-                    .for_each(|(o, p)| with_simd_args(gelu_into, (p, o)));
+                // SAFETY: the chunks cover the output; gelu_into writes each element.
+                let out = unsafe {
+                    written(y.len(), |out| {
+                        out.par_chunks_mut(PAR_CHUNK)
+                            .zip(y.par_chunks(PAR_CHUNK))
+                            .for_each(|(o, p)| with_simd_args(gelu_into, (p, o)))
+                    })
+                };
                 let _ = self.pre.set(y);
                 out
             }
             Activation::Gelu => {
+                let mut y = y;
                 y.par_chunks_mut(PAR_CHUNK)
                     .for_each(|v| super::with_simd_args(gelu_in_place, v));
                 y
@@ -282,51 +313,54 @@ impl LinearOp {
                     // Effective output gradient: through the row factors and the activation.
                     let owned: Option<Vec<f32>> = match (self.act, &self.row_scale) {
                         (Activation::Identity, None) => None,
-                        (Activation::Identity, Some(_)) => {
-                            let mut out = vec![0f32; g.len()];
-                            out.par_chunks_mut(n.max(1))
-                                .zip(g.par_chunks(n.max(1)))
-                                .enumerate()
-                                .for_each(|(r, (o, g))| {
-                                    with_simd_args(scaled_copy, (g, self.factor(r), o))
-                                });
-                            Some(out)
-                        }
+                        // SAFETY (both arms): the row chunks cover the output, each written.
+                        (Activation::Identity, Some(_)) => Some(unsafe {
+                            written(g.len(), |out| {
+                                out.par_chunks_mut(n.max(1))
+                                    .zip(g.par_chunks(n.max(1)))
+                                    .enumerate()
+                                    .for_each(|(r, (o, g))| {
+                                        with_simd_args(scaled_copy, (g, self.factor(r), o))
+                                    })
+                            })
+                        }),
                         (Activation::Gelu, _) => {
                             let Some(pre) = self.pre.get() else {
                                 candle_core::bail!("linear backward: forward kept no activation")
                             };
-                            let mut out = vec![0f32; g.len()];
-                            out.par_chunks_mut(chunk)
-                                .zip(g.par_chunks(chunk))
-                                .zip(pre.par_chunks(chunk))
-                                .enumerate()
-                                .for_each(|(t, ((o, g), p))| {
-                                    let r0 = t * (chunk / n.max(1));
-                                    for (i, ((o, g), p)) in o
-                                        .chunks_mut(n)
-                                        .zip(g.chunks(n))
-                                        .zip(p.chunks(n))
+                            Some(unsafe {
+                                written(g.len(), |out| {
+                                    out.par_chunks_mut(chunk)
+                                        .zip(g.par_chunks(chunk))
+                                        .zip(pre.par_chunks(chunk))
                                         .enumerate()
-                                    {
-                                        let s = self.factor(r0 + i);
-                                        with_simd_args(gelu_backward, (g, p, s, o));
-                                    }
-                                });
-                            Some(out)
+                                        .for_each(|(t, ((o, g), p))| {
+                                            let r0 = t * (chunk / n.max(1));
+                                            for (i, ((o, g), p)) in o
+                                                .chunks_mut(n)
+                                                .zip(g.chunks(n))
+                                                .zip(p.chunks(n))
+                                                .enumerate()
+                                            {
+                                                let s = self.factor(r0 + i);
+                                                with_simd_args(gelu_backward, (g, p, s, o));
+                                            }
+                                        })
+                                })
+                            })
                         }
                     };
                     let ge: &[f32] = owned.as_deref().unwrap_or(g);
                     let gv = MatRef::new(ge, 0, n.max(1), 1);
                     // SAFETY: all views lie inside their (checked) buffers; outputs are fresh.
-                    let dx = want_x.then(|| {
-                        let mut dx = vec![0f32; rows * k];
-                        unsafe {
+                    // A GEMM without accumulation writes its whole destination.
+                    let dx = want_x.then(|| unsafe {
+                        written(rows * k, |dx| {
                             matmul(
                                 rows,
                                 k,
                                 n,
-                                MatMut::new(&mut dx, 0, k.max(1)),
+                                mat_out(dx, k.max(1)),
                                 false,
                                 gv,
                                 wv,
@@ -334,17 +368,15 @@ impl LinearOp {
                                 self.precision,
                                 pool_threads(),
                             )
-                        };
-                        dx
+                        })
                     });
-                    let dw = want_w.then(|| {
-                        let mut dw = vec![0f32; n * k];
-                        unsafe {
+                    let dw = want_w.then(|| unsafe {
+                        written(n * k, |dw| {
                             matmul(
                                 n,
                                 k,
                                 rows,
-                                MatMut::new(&mut dw, 0, k.max(1)),
+                                mat_out(dw, k.max(1)),
                                 false,
                                 gv.t(),
                                 xv,
@@ -352,8 +384,7 @@ impl LinearOp {
                                 self.precision,
                                 pool_threads(),
                             )
-                        };
-                        dw
+                        })
                     });
                     let db = want_b.then(|| column_sums(ge, n));
                     Ok((dx, dw, db))

@@ -690,7 +690,7 @@ impl Trainer {
                 .into_iter()
                 .map(|(n, t)| (format!("buffers.{n}"), t)),
         );
-        let (moments, steps) = self.optimizer.state();
+        let (moments, steps) = self.optimizer.state()?;
         tensors.extend(
             moments
                 .into_iter()

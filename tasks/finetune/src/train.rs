@@ -760,7 +760,7 @@ impl Finetuner {
                     .map(|(n, v)| (format!("ema.{n}"), v.as_detached_tensor())),
             );
         }
-        let (moments, steps) = self.optimizer.state();
+        let (moments, steps) = self.optimizer.state()?;
         tensors.extend(
             moments
                 .into_iter()

@@ -397,7 +397,7 @@ impl SegTrainer {
                 .into_iter()
                 .map(|(n, t)| (format!("buffer.{n}"), t)),
         );
-        let (moments, steps) = self.optimizer.state();
+        let (moments, steps) = self.optimizer.state()?;
         tensors.extend(
             moments
                 .into_iter()

@@ -82,7 +82,7 @@ fn adamw_matches_pytorch() {
         }
     }
     // The frozen parameter took its first Adam step only after the freeze (per-parameter counts).
-    let (_, steps) = opt.state();
+    let (_, steps) = opt.state().unwrap();
     assert_eq!(steps["head.last_layer.weight_v"], 2);
     assert_eq!(steps["cls_token"], 4);
 }
@@ -121,7 +121,7 @@ fn moments_hold_no_graph_across_steps() {
         opt.step(&grads, 1e-3, 0.04, Clip::PerParam(3.0), &|_: &str| false)
             .unwrap();
     }
-    let (moments, _) = opt.state();
+    let (moments, _) = opt.state().unwrap();
     assert!(!moments.is_empty());
     for (name, t) in moments {
         assert!(!t.track_op(), "{name} keeps a backward graph alive");
