@@ -114,9 +114,7 @@ pub fn centered_softmax(x: &Tensor, center: &Tensor, temp: f64) -> Result<Tensor
             .contiguous()?
             .apply_op2_no_bwd(&center.flatten_all()?.contiguous()?, &op);
     }
-    let z = (x.broadcast_sub(&center)? / temp)?;
-    let e = z.broadcast_sub(&z.max_keepdim(D::Minus1)?)?.exp()?;
-    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+    softmax_last_dim(&(x.broadcast_sub(&center)? / temp)?)
 }
 
 /// `torch.nn.utils.weight_norm` over rows: W = g · v / ‖v‖_row for v [R, C] and g [R, 1] (or

@@ -92,7 +92,7 @@ fn sum_squares_f64(x: &[f32]) -> f64 {
 /// One AdamW update's constants, as f32 in the order the tensor path applies them.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct AdamWStep {
-    /// Gradient factor from clipping (1 when not clipped).
+    /// Gradient factor from clipping (None when not clipped).
     pub grad_scale: Option<f32>,
     /// `1 − lr·wd` when the parameter decays.
     pub decay: Option<f32>,

@@ -155,19 +155,21 @@ impl CustomOp2 for SoftCrossEntropy {
         loss.par_chunks_mut(per)
             .zip(lse.par_chunks_mut(per))
             .zip(x.par_chunks(per * n).zip(p.par_chunks(per * n)))
-            .for_each(|((loss, lse), (x, p))| {
-                let mut z = vec![0f32; n];
-                for (((l, e), x), p) in loss
-                    .iter_mut()
-                    .zip(lse.iter_mut())
-                    .zip(x.chunks_exact(n))
-                    .zip(p.chunks_exact(n))
-                {
-                    let (loss, max, ln_sum) =
-                        with_simd_args(soft_ce_row, (x, p, self.scale, &mut z[..]));
-                    (*l, *e) = (loss, (max, ln_sum));
-                }
-            });
+            .for_each_init(
+                || vec![0f32; n],
+                |z, ((loss, lse), (x, p))| {
+                    for (((l, e), x), p) in loss
+                        .iter_mut()
+                        .zip(lse.iter_mut())
+                        .zip(x.chunks_exact(n))
+                        .zip(p.chunks_exact(n))
+                    {
+                        let (loss, max, ln_sum) =
+                            with_simd_args(soft_ce_row, (x, p, self.scale, &mut z[..]));
+                        (*l, *e) = (loss, (max, ln_sum));
+                    }
+                },
+            );
         let _ = self.lse.set(lse);
         let dims = l1.dims();
         Ok((CpuStorage::F32(loss), Shape::from(&dims[..dims.len() - 1])))
