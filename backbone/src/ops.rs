@@ -11,11 +11,49 @@ use std::cell::Cell;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
+/// Defines `fn name(args)` whose body runs compiled for AVX-512 (or AVX2+FMA) when the CPU has
+/// it: the portable x86-64 baseline (SSE2) vectorises our polynomials and reductions poorly. The
+/// body is a nested `#[inline(always)]` fn called directly from each `#[target_feature]` copy, so
+/// it is compiled into them; handing a fn item to a generic wrapper instead goes through its
+/// `Fn::call` shim, which LLVM may keep out of line — compiled for the baseline. Kernels take
+/// their arguments as one tuple.
+macro_rules! simd_kernel {
+    ($(#[$attr:meta])* $vis:vis fn $name:ident($args:tt: $ty:ty $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$attr])*
+        $vis fn $name(args: $ty) $(-> $ret)? {
+            #[inline(always)]
+            fn body($args: $ty) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
+                unsafe fn avx512(args: $ty) $(-> $ret)? {
+                    body(args)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2(args: $ty) $(-> $ret)? {
+                    body(args)
+                }
+                if $crate::ops::use_avx512() {
+                    // SAFETY: the CPU has the enabled features (checked by `use_avx512`).
+                    return unsafe { avx512(args) };
+                }
+                if $crate::ops::use_avx2() {
+                    // SAFETY: the CPU has the enabled features (checked by `use_avx2`).
+                    return unsafe { avx2(args) };
+                }
+            }
+            body(args)
+        }
+    };
+}
+
 mod amx;
 mod attention;
 mod fused;
 mod gemm;
 mod linear;
+#[cfg(target_arch = "x86_64")]
+mod linear_gemm;
 mod soft_ce;
 mod weight_norm;
 
@@ -242,6 +280,39 @@ pub fn autocast_matmul_t(x: &Tensor, w: &Tensor, compute: Option<DType>) -> Resu
     }
 }
 
+/// `r + x · wᵀ + b` in one pass over the output when nothing needs a gradient, the operands are
+/// f32 CPU tensors and the packed AVX-512 kernel runs here; `None` otherwise (the caller then
+/// adds the residual itself). The same sum as `residual_add(r, linear(x, w, b))`.
+pub fn linear_residual(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    r: &Tensor,
+    compute: Option<DType>,
+) -> Result<Option<Tensor>> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let fits = fused_precision(compute) == Some(Precision::F32)
+            && fused_f32_cpu(&[x, w, b, r])
+            && linear_gemm::available()
+            && x.rank() == 2
+            && w.rank() == 2
+            && x.is_contiguous()
+            && r.is_contiguous()
+            && x.dim(0)? >= 16
+            && b.dims() == [w.dim(0)?]
+            && r.elem_count() == x.dim(0)? * w.dim(0)?;
+        if fits && ![x, w, b, r].iter().any(|t| t.track_op()) {
+            let op = linear::LinearResidualOp {
+                bias: b.to_vec1::<f32>()?,
+            };
+            return Ok(Some(x.apply_op3_no_bwd(w, r, &op)?));
+        }
+    }
+    let _ = (x, w, b, r, compute);
+    Ok(None)
+}
+
 /// A Linear layer on rows: `s · act(x · wᵀ + b)` for x [M, K], w [N, K], b [N], where `s` is
 /// an optional per-sample factor (drop path): `row_scale = (factors, rows per factor)` scales
 /// rows `i·rows .. (i+1)·rows` by `factors[i]`. On the CPU in f32 one fused op with its own
@@ -327,10 +398,11 @@ pub fn residual_add(x: &Tensor, y: &Tensor) -> Result<Tensor> {
     x + y
 }
 
-#[inline(always)]
-fn add_slices((a, b, out): (&[f32], &[f32], &mut [f32])) {
-    for ((o, a), b) in out.iter_mut().zip(a).zip(b) {
-        *o = a + b;
+simd_kernel! {
+    fn add_slices((a, b, out): (&[f32], &[f32], &mut [std::mem::MaybeUninit<f32>])) {
+        for ((o, a), b) in out.iter_mut().zip(a).zip(b) {
+            o.write(a + b);
+        }
     }
 }
 
@@ -356,11 +428,15 @@ impl CustomOp2 for ResidualAdd {
             candle_core::bail!("residual add: inputs must be contiguous")
         };
         let (a, b) = (&a[a0..a1], &b[b0..b1]);
-        let mut out = vec![0f32; a.len()];
-        out.par_chunks_mut(PAR_CHUNK)
-            .zip(a.par_chunks(PAR_CHUNK))
-            .zip(b.par_chunks(PAR_CHUNK))
-            .for_each(|((o, a), b)| with_simd_args(add_slices, (a, b, o)));
+        // SAFETY: the chunks cover the output; add_slices writes each element.
+        let out = unsafe {
+            linear::written(a.len(), |out| {
+                out.par_chunks_mut(PAR_CHUNK)
+                    .zip(a.par_chunks(PAR_CHUNK))
+                    .zip(b.par_chunks(PAR_CHUNK))
+                    .for_each(|((o, a), b)| add_slices((a, b, o)))
+            })
+        };
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -469,6 +545,13 @@ fn gelu_grad(x: f32) -> f32 {
     0.5 * (1.0 + erf(x * SQRT1_2)) + x * INV_SQRT_2PI * exp_neg(-0.5 * x * x)
 }
 
+/// Whether the element-wise kernels can take their AVX2+FMA build.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn use_avx2() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+}
+
 /// Whether the element-wise kernels take their AVX-512 build (16 lanes: the GELU and softmax
 /// polynomials are compute-bound at 8). `IBOT_NO_AVX512=1` keeps them on AVX2.
 #[cfg(target_arch = "x86_64")]
@@ -485,85 +568,26 @@ fn use_avx512() -> bool {
     })
 }
 
-/// [`with_simd`] for kernels of any signature: `kernel` must be an `#[inline(always)]` fn item
-/// taking its arguments as one tuple.
-#[inline(always)]
-fn with_simd_args<A, R, K: Fn(A) -> R>(kernel: K, args: A) -> R {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
-        unsafe fn avx512<A, R, K: Fn(A) -> R>(kernel: K, args: A) -> R {
-            kernel(args)
-        }
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2<A, R, K: Fn(A) -> R>(kernel: K, args: A) -> R {
-            kernel(args)
-        }
-        if use_avx512() {
-            // SAFETY: the CPU supports the enabled features (checked by `use_avx512`).
-            return unsafe { avx512(kernel, args) };
-        }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports the enabled features (checked just above).
-            return unsafe { avx2(kernel, args) };
+simd_kernel! {
+    fn gelu_kernel((src, dst): (&[f32], &mut [f32])) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = gelu(*s);
         }
     }
-    kernel(args)
 }
 
-/// Run `kernel` compiled a second time with AVX2+FMA when the CPU has them: the portable x86-64
-/// baseline (SSE2) vectorises these polynomials and reductions poorly. `kernel` must be an
-/// `#[inline(always)]` fn item so that it is inlined into (and compiled for) the AVX2 variant.
-#[inline(always)]
-fn with_simd<K: Fn(&[f32], &mut [f32])>(kernel: K, src: &[f32], dst: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
-        unsafe fn avx512<K: Fn(&[f32], &mut [f32])>(kernel: K, src: &[f32], dst: &mut [f32]) {
-            kernel(src, dst)
-        }
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2<K: Fn(&[f32], &mut [f32])>(kernel: K, src: &[f32], dst: &mut [f32]) {
-            kernel(src, dst)
-        }
-        if use_avx512() {
-            // SAFETY: the CPU supports the enabled features (checked by `use_avx512`).
-            return unsafe { avx512(kernel, src, dst) };
-        }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports the enabled features (checked just above).
-            return unsafe { avx2(kernel, src, dst) };
+simd_kernel! {
+    fn gelu_grad_kernel((src, dst): (&[f32], &mut [f32])) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = gelu_grad(*s);
         }
     }
-    kernel(src, dst)
-}
-
-#[inline(always)]
-fn gelu_slice(src: &[f32], dst: &mut [f32]) {
-    for (d, s) in dst.iter_mut().zip(src) {
-        *d = gelu(*s);
-    }
-}
-
-#[inline(always)]
-fn gelu_grad_slice(src: &[f32], dst: &mut [f32]) {
-    for (d, s) in dst.iter_mut().zip(src) {
-        *d = gelu_grad(*s);
-    }
-}
-
-fn gelu_kernel(src: &[f32], dst: &mut [f32]) {
-    with_simd(gelu_slice, src, dst)
-}
-
-fn gelu_grad_kernel(src: &[f32], dst: &mut [f32]) {
-    with_simd(gelu_grad_slice, src, dst)
 }
 
 fn map_f32(
     storage: &CpuStorage,
     layout: &Layout,
-    f: fn(&[f32], &mut [f32]),
+    f: fn((&[f32], &mut [f32])),
 ) -> Result<(CpuStorage, Shape)> {
     let CpuStorage::F32(src) = storage else {
         candle_core::bail!("expected f32 storage")
@@ -575,7 +599,7 @@ fn map_f32(
     let mut dst = vec![0f32; src.len()];
     dst.par_chunks_mut(PAR_CHUNK)
         .zip(src.par_chunks(PAR_CHUNK))
-        .for_each(|(d, s)| f(s, d));
+        .for_each(|(d, s)| f((s, d)));
     Ok((CpuStorage::F32(dst), layout.shape().clone()))
 }
 
@@ -596,42 +620,10 @@ impl CustomOp1 for GeluErf {
     }
 }
 
-/// Eight independent accumulators so the reductions vectorise without fast-math.
+/// Softmax of one row in place. Eight independent accumulators so that the reductions
+/// vectorise without fast-math.
 #[inline(always)]
-fn softmax_row_body(src: &[f32], dst: &mut [f32]) {
-    let mut m = [f32::NEG_INFINITY; 8];
-    let mut chunks = src.chunks_exact(8);
-    for c in &mut chunks {
-        for i in 0..8 {
-            m[i] = m[i].max(c[i]);
-        }
-    }
-    let max = chunks.remainder().iter().fold(
-        m.iter().fold(f32::NEG_INFINITY, |a, b| a.max(*b)),
-        |a, b| a.max(*b),
-    );
-    for (d, s) in dst.iter_mut().zip(src) {
-        *d = exp_neg(*s - max);
-    }
-    let mut acc = [0f32; 8];
-    let mut chunks = dst.chunks_exact(8);
-    for c in &mut chunks {
-        for i in 0..8 {
-            acc[i] += c[i];
-        }
-    }
-    let sum: f32 = acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>();
-    let inv = 1.0 / sum;
-    dst.iter_mut().for_each(|v| *v *= inv);
-}
-
-fn softmax_row(src: &[f32], dst: &mut [f32]) {
-    with_simd(softmax_row_body, src, dst)
-}
-
-/// [`softmax_row_body`] overwriting its input.
-#[inline(always)]
-fn softmax_row_in_place_body(x: &mut [f32]) {
+fn softmax_in_place(x: &mut [f32]) {
     let mut m = [f32::NEG_INFINITY; 8];
     let mut chunks = x.chunks_exact(8);
     for c in &mut chunks {
@@ -658,8 +650,23 @@ fn softmax_row_in_place_body(x: &mut [f32]) {
     x.iter_mut().for_each(|v| *v *= inv);
 }
 
-pub(crate) fn softmax_row_in_place(x: &mut [f32]) {
-    with_simd_args(softmax_row_in_place_body, x)
+simd_kernel! {
+    /// Row softmax of `src` [rows, n] into `dst`.
+    fn softmax_rows((src, dst, n): (&[f32], &mut [f32], usize)) {
+        for (d, s) in dst.chunks_exact_mut(n).zip(src.chunks_exact(n)) {
+            d.copy_from_slice(s);
+            softmax_in_place(d);
+        }
+    }
+}
+
+simd_kernel! {
+    /// Row softmax of `x` [rows, n] in place.
+    pub(crate) fn softmax_rows_in_place((x, n): (&mut [f32], usize)) {
+        for row in x.chunks_exact_mut(n) {
+            softmax_in_place(row);
+        }
+    }
 }
 
 /// Row softmax: rows in parallel, the vectorisable `exp_neg`; backward by `fused::SoftmaxGrad`.
@@ -683,11 +690,7 @@ impl CustomOp1 for SoftmaxLastDim {
         let rows_per_task = (PAR_CHUNK / n).max(1) * n;
         dst.par_chunks_mut(rows_per_task)
             .zip(src.par_chunks(rows_per_task))
-            .for_each(|(d, s)| {
-                for (d, s) in d.chunks_mut(n).zip(s.chunks(n)) {
-                    softmax_row(s, d);
-                }
-            });
+            .for_each(|(d, s)| softmax_rows((s, d, n)));
         Ok((CpuStorage::F32(dst), layout.shape().clone()))
     }
 
@@ -853,6 +856,34 @@ mod tests {
             .sum_all()?
             .backward()?;
         assert!(grads.get(&frozen).is_none() && grads.get(v.as_tensor()).is_some());
+        Ok(())
+    }
+
+    /// The inference-only residual Linear is the Linear followed by the residual add, to the
+    /// bit (same kernel, same order of the three additions), and the composed ops within f32
+    /// rounding; shapes it does not take fall back.
+    #[test]
+    fn linear_residual_is_linear_then_residual_add() -> Result<()> {
+        let dev = Device::Cpu;
+        let (rows, k, n) = (37, 40, 70);
+        let x = Tensor::randn(0f32, 1.0, (rows, k), &dev)?;
+        let w = Tensor::randn(0f32, 0.2, (n, k), &dev)?;
+        let b = Tensor::randn(0f32, 1.0, n, &dev)?;
+        let r = Tensor::randn(0f32, 1.0, (1, rows, n), &dev)?;
+        let Some(fused) = linear_residual(&x, &w, &b, &r, None)? else {
+            return Ok(()); // no AVX-512 here: nothing to compare
+        };
+        let y = linear(&x, &w, &b, Activation::Identity, None, None)?;
+        let unfused = residual_add(&r, &y.reshape((1, rows, n))?)?;
+        assert_eq!(fused.dims(), r.dims());
+        assert_eq!(max_abs_diff(&fused, &unfused)?, 0.0);
+        let composed = (r.squeeze(0)? + x.matmul(&w.t()?)?.broadcast_add(&b)?)?;
+        assert!(max_abs_diff(&fused.squeeze(0)?, &composed)? < 1e-5);
+        let short = x.narrow(0, 0, 8)?;
+        let r_short = r.narrow(1, 0, 8)?.contiguous()?;
+        assert!(linear_residual(&short, &w, &b, &r_short, None)?.is_none());
+        let tracked = Var::from_tensor(&x)?;
+        assert!(linear_residual(tracked.as_tensor(), &w, &b, &r, None)?.is_none());
         Ok(())
     }
 

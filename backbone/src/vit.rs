@@ -76,6 +76,29 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// `residual + s · (x · wᵀ + b)`: one fused pass at inference (no drop path, nothing
+    /// tracked, see [`ops::linear_residual`]), otherwise the Linear then a residual add.
+    fn forward_residual(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        drop: Option<&[f32]>,
+    ) -> Result<Tensor> {
+        if drop.is_none() {
+            let dims = x.dims();
+            let rows: usize = dims[..dims.len() - 1].iter().product();
+            let x2 = x.reshape((rows, dims[dims.len() - 1]))?;
+            if let Some(y) =
+                ops::linear_residual(&x2, &self.weight, &self.bias, residual, self.compute)?
+            {
+                return Ok(y);
+            }
+        }
+        ops::residual_add(residual, &self.forward_with(x, Activation::Identity, drop)?)
+    }
+}
+
 impl Module for Linear {
     /// One GEMM over all leading dimensions.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -172,15 +195,16 @@ impl Attention {
         })
     }
 
-    /// The attention branch's output, scaled per sample by the drop-path factors `drop`. On the
-    /// CPU in f32 the core is one fused op ([`ops::fused_attention`]).
-    fn forward(&self, x: &Tensor, drop: Option<&[f32]>) -> Result<Tensor> {
+    /// `residual` plus the attention branch on `x`, the branch scaled per sample by the
+    /// drop-path factors `drop`. On the CPU in f32 the core is one fused op
+    /// ([`ops::fused_attention`]).
+    fn forward(&self, x: &Tensor, residual: &Tensor, drop: Option<&[f32]>) -> Result<Tensor> {
         let qkv = self.qkv.forward(x)?;
         let out = match ops::fused_attention(&qkv, self.num_heads, self.scale, self.compute)? {
             Some(out) => out,
             None => self.core(&qkv)?.0,
         };
-        self.proj.forward_with(&out, Activation::Identity, drop)
+        self.proj.forward_residual(&out, residual, drop)
     }
 
     /// Returns the block output and the post-softmax attention [B, heads, T, T].
@@ -226,10 +250,10 @@ impl Mlp {
 }
 
 impl Mlp {
-    /// fc2(GELU(fc1(x))) scaled per sample by the drop-path factors `drop`.
-    fn forward(&self, x: &Tensor, drop: Option<&[f32]>) -> Result<Tensor> {
+    /// `residual` plus fc2(GELU(fc1(x))) scaled per sample by the drop-path factors `drop`.
+    fn forward(&self, x: &Tensor, residual: &Tensor, drop: Option<&[f32]>) -> Result<Tensor> {
         let h = self.fc1.forward_with(x, Activation::Gelu, None)?;
-        self.fc2.forward_with(&h, Activation::Identity, drop)
+        self.fc2.forward_residual(&h, residual, drop)
     }
 }
 
@@ -271,15 +295,12 @@ impl Block {
     fn forward(&self, x: &Tensor, mut ctx: Option<&mut TrainCtx>) -> Result<Tensor> {
         let b = x.dim(0)?;
         let drop = drop_path_factors(self.drop_path, b, ctx.as_deref_mut());
-        let a = self
+        let x = self
             .attn
-            .forward(&self.norm1.forward(x)?, drop.as_deref())?;
-        let x = ops::residual_add(x, &a)?;
+            .forward(&self.norm1.forward(x)?, x, drop.as_deref())?;
         let drop = drop_path_factors(self.drop_path, b, ctx);
-        let m = self
-            .mlp
-            .forward(&self.norm2.forward(&x)?, drop.as_deref())?;
-        ops::residual_add(&x, &m)
+        self.mlp
+            .forward(&self.norm2.forward(&x)?, &x, drop.as_deref())
     }
 }
 

@@ -17,7 +17,10 @@ use rayon::prelude::*;
 use super::fused::dot8;
 use super::gemm::{matmul, MatMut, MatRef, Precision};
 use super::linear::cpu_f32;
-use super::{softmax_row_in_place, with_simd_args};
+use super::linear::scale_rows;
+#[cfg(target_arch = "x86_64")]
+use super::linear_gemm::{self, PackedWeights};
+use super::softmax_rows_in_place;
 
 pub(crate) struct AttentionOp {
     pub heads: usize,
@@ -66,14 +69,48 @@ impl SendPtr {
     }
 }
 
-#[inline(always)]
-fn softmax_grad_rows_in_place((p, ds, n): (&[f32], &mut [f32], usize)) {
-    for (pr, dr) in p.chunks_exact(n).zip(ds.chunks_exact_mut(n)) {
-        let s = dot8(pr, dr);
-        for (d, p) in dr.iter_mut().zip(pr) {
-            *d = p * (*d - s);
+simd_kernel! {
+    fn softmax_grad_rows_in_place((p, ds, n): (&[f32], &mut [f32], usize)) {
+        for (pr, dr) in p.chunks_exact(n).zip(ds.chunks_exact_mut(n)) {
+            let s = dot8(pr, dr);
+            for (d, p) in dr.iter_mut().zip(pr) {
+                *d = p * (*d - s);
+            }
         }
     }
+}
+
+/// One (sample, head) on the packed-panel GEMM: p = softmax(scale · q kᵀ), o = p v.
+///
+/// # Safety
+/// q, k, v must be valid t × hd views with column stride 1; p holds t × t values; o is a
+/// t × hd destination nobody else writes during the call.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn head_packed(
+    t: usize,
+    hd: usize,
+    q: MatRef,
+    k: MatRef,
+    v: MatRef,
+    scale: f32,
+    p: &mut [f32],
+    o: MatMut,
+) {
+    let keys = PackedWeights::pack(k, t, hd);
+    let scores = MatMut::new(p, 0, t);
+    let scale_segment = |_: usize, _: usize, seg: &mut [f32]| scale_rows((seg, scale));
+    linear_gemm::linear_rows(0..t, q, &keys, None, scores, &scale_segment);
+    softmax_rows_in_place((&mut p[..], t));
+    let values = PackedWeights::pack(v.t(), hd, t);
+    linear_gemm::linear_rows(
+        0..t,
+        MatRef::new(p, 0, t, 1),
+        &values,
+        None,
+        o,
+        &|_, _, _| {},
+    );
 }
 
 impl CustomOp1 for AttentionOp {
@@ -91,7 +128,8 @@ impl CustomOp1 for AttentionOp {
         let qkv = &data[o0..o1];
         let (b, t, d, hd) = self.dims(layout)?;
         let h = self.heads;
-        let mut out = vec![0f32; b * t * d];
+        // Written whole: each (sample, head) task writes its t × head_dim block.
+        let mut out: Vec<f32> = Vec::with_capacity(b * t * d);
         let mut probs = if self.keep_probs {
             vec![0f32; b * h * t * t]
         } else {
@@ -116,6 +154,15 @@ impl CustomOp1 for AttentionOp {
                     } else {
                         &mut scratch[..]
                     };
+                    let o = MatMut {
+                        ptr: out_ptr.add(bi * t * d + hi * hd),
+                        rs: d as isize,
+                    };
+                    #[cfg(target_arch = "x86_64")]
+                    if self.precision == Precision::F32 && linear_gemm::available() {
+                        head_packed(t, hd, q, k, v, self.scale, p, o);
+                        return;
+                    }
                     matmul(
                         t,
                         t,
@@ -128,17 +175,12 @@ impl CustomOp1 for AttentionOp {
                         self.precision,
                         1,
                     );
-                    for row in p.chunks_exact_mut(t) {
-                        softmax_row_in_place(row);
-                    }
+                    softmax_rows_in_place((&mut p[..], t));
                     matmul(
                         t,
                         hd,
                         t,
-                        MatMut {
-                            ptr: out_ptr.add(bi * t * d + hi * hd),
-                            rs: d as isize,
-                        },
+                        o,
                         false,
                         MatRef::new(p, 0, t, 1),
                         v,
@@ -149,6 +191,8 @@ impl CustomOp1 for AttentionOp {
                 }
             },
         );
+        // SAFETY: the b × heads tasks wrote every (token, column) of every sample.
+        unsafe { out.set_len(b * t * d) };
         if keep {
             let _ = self.probs.set(probs);
         }
@@ -205,7 +249,7 @@ impl CustomOp1 for AttentionOp {
                                 self.precision,
                                 1,
                             );
-                            with_simd_args(softmax_grad_rows_in_place, (p, &mut ds[..], t));
+                            softmax_grad_rows_in_place((p, &mut ds[..], t));
                             let dsv = MatRef::new(ds, 0, t, 1);
                             // dq = scale · ds · k;  dk = scale · dsᵀ · q
                             matmul(

@@ -6,10 +6,12 @@
 //! over rows (LayerNorm weight/bias, Linear bias) are summed per fixed block of rows and the
 //! partial sums are added in block order, so results do not depend on the number of threads.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{with_simd_args, PAR_CHUNK};
+use super::PAR_CHUNK;
 
 pub(super) fn contiguous_f32<'a>(
     storage: &'a CpuStorage,
@@ -113,15 +115,22 @@ fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
 
 // ---------------------------------------------------------------- LayerNorm
 
-type LnFwd<'a> = (&'a [f32], &'a [f32], &'a [f32], &'a mut [f32], f32);
+type LnFwd<'a> = (
+    &'a [f32],
+    &'a [f32],
+    &'a [f32],
+    &'a mut [MaybeUninit<f32>],
+    f32,
+);
 
-#[inline(always)]
-fn ln_fwd_rows((x, w, b, y, eps): LnFwd) {
-    let n = w.len();
-    for (xr, yr) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)) {
-        let (mean, std) = row_stats(xr, eps);
-        for (((y, x), w), b) in yr.iter_mut().zip(xr).zip(w).zip(b) {
-            *y = (*x - mean) / std * w + b;
+simd_kernel! {
+    fn ln_fwd_rows((x, w, b, y, eps): LnFwd) {
+        let n = w.len();
+        for (xr, yr) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)) {
+            let (mean, std) = row_stats(xr, eps);
+            for (((y, x), w), b) in yr.iter_mut().zip(xr).zip(w).zip(b) {
+                y.write((*x - mean) / std * w + b);
+            }
         }
     }
 }
@@ -136,32 +145,33 @@ type LnBwd<'a> = (
     f32,
 );
 
-/// dx = (g⊙w − mean(g⊙w) − x̂·mean(g⊙w⊙x̂)) / σ;  dw += g⊙x̂;  db += g.
-#[inline(always)]
-fn ln_bwd_rows((x, w, g, dx, dw, db, eps): LnBwd) {
-    let n = w.len();
-    let nf = n as f32;
-    for ((xr, gr), dxr) in x
-        .chunks_exact(n)
-        .zip(g.chunks_exact(n))
-        .zip(dx.chunks_exact_mut(n))
-    {
-        let (mean, std) = row_stats(xr, eps);
-        let rstd = 1.0 / std;
-        let k1 = dot8(gr, w) / nf;
-        let k2 = dot_centered8(gr, w, xr, mean) * rstd / nf;
-        for (((((dx, x), g), w), dw), db) in dxr
-            .iter_mut()
-            .zip(xr)
-            .zip(gr)
-            .zip(w)
-            .zip(dw.iter_mut())
-            .zip(db.iter_mut())
+simd_kernel! {
+    /// dx = (g⊙w − mean(g⊙w) − x̂·mean(g⊙w⊙x̂)) / σ;  dw += g⊙x̂;  db += g.
+    fn ln_bwd_rows((x, w, g, dx, dw, db, eps): LnBwd) {
+        let n = w.len();
+        let nf = n as f32;
+        for ((xr, gr), dxr) in x
+            .chunks_exact(n)
+            .zip(g.chunks_exact(n))
+            .zip(dx.chunks_exact_mut(n))
         {
-            let xhat = (*x - mean) * rstd;
-            *dx = (g * w - k1 - xhat * k2) * rstd;
-            *dw += g * xhat;
-            *db += g;
+            let (mean, std) = row_stats(xr, eps);
+            let rstd = 1.0 / std;
+            let k1 = dot8(gr, w) / nf;
+            let k2 = dot_centered8(gr, w, xr, mean) * rstd / nf;
+            for (((((dx, x), g), w), dw), db) in dxr
+                .iter_mut()
+                .zip(xr)
+                .zip(gr)
+                .zip(w)
+                .zip(dw.iter_mut())
+                .zip(db.iter_mut())
+            {
+                let xhat = (*x - mean) * rstd;
+                *dx = (g * w - k1 - xhat * k2) * rstd;
+                *dw += g * xhat;
+                *db += g;
+            }
         }
     }
 }
@@ -196,11 +206,15 @@ impl CustomOp3 for LayerNormOp {
                 b.len()
             )
         }
-        let mut y = vec![0f32; x.len()];
         let chunk = rows_per_task(n) * n;
-        y.par_chunks_mut(chunk)
-            .zip(x.par_chunks(chunk))
-            .for_each(|(y, x)| with_simd_args(ln_fwd_rows, (x, w, b, y, self.eps)));
+        // SAFETY: the row chunks cover y; ln_fwd_rows writes each element.
+        let y = unsafe {
+            super::linear::written(x.len(), |y| {
+                y.par_chunks_mut(chunk)
+                    .zip(x.par_chunks(chunk))
+                    .for_each(|(y, x)| ln_fwd_rows((x, w, b, y, self.eps)))
+            })
+        };
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -261,7 +275,7 @@ impl CustomOp3 for LayerNormGrad {
             .map(|((dx, x), g)| {
                 let mut dw = vec![0f32; n];
                 let mut db = vec![0f32; n];
-                with_simd_args(ln_bwd_rows, (x, w, g, dx, &mut dw, &mut db, self.eps));
+                ln_bwd_rows((x, w, g, dx, &mut dw, &mut db, self.eps));
                 (dw, db)
             })
             .collect();
@@ -277,16 +291,17 @@ impl CustomOp3 for LayerNormGrad {
 
 // ---------------------------------------------------------------- softmax
 
-#[inline(always)]
-fn softmax_grad_rows((y, g, dx, n): (&[f32], &[f32], &mut [f32], usize)) {
-    for ((yr, gr), dr) in y
-        .chunks_exact(n)
-        .zip(g.chunks_exact(n))
-        .zip(dx.chunks_exact_mut(n))
-    {
-        let s = dot8(gr, yr);
-        for ((d, y), g) in dr.iter_mut().zip(yr).zip(gr) {
-            *d = y * (g - s);
+simd_kernel! {
+    fn softmax_grad_rows((y, g, dx, n): (&[f32], &[f32], &mut [f32], usize)) {
+        for ((yr, gr), dr) in y
+            .chunks_exact(n)
+            .zip(g.chunks_exact(n))
+            .zip(dx.chunks_exact_mut(n))
+        {
+            let s = dot8(gr, yr);
+            for ((d, y), g) in dr.iter_mut().zip(yr).zip(gr) {
+                *d = y * (g - s);
+            }
         }
     }
 }
@@ -317,28 +332,30 @@ impl CustomOp2 for SoftmaxGrad {
         dx.par_chunks_mut(chunk)
             .zip(y.par_chunks(chunk))
             .zip(g.par_chunks(chunk))
-            .for_each(|((dx, y), g)| with_simd_args(softmax_grad_rows, (y, g, dx, n)));
+            .for_each(|((dx, y), g)| softmax_grad_rows((y, g, dx, n)));
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
 
 // ---------------------------------------------------------------- bias add
 
-#[inline(always)]
-fn add_bias_rows((x, b, y): (&[f32], &[f32], &mut [f32])) {
-    let n = b.len();
-    for (xr, yr) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)) {
-        for ((y, x), b) in yr.iter_mut().zip(xr).zip(b) {
-            *y = x + b;
+simd_kernel! {
+    fn add_bias_rows((x, b, y): (&[f32], &[f32], &mut [f32])) {
+        let n = b.len();
+        for (xr, yr) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)) {
+            for ((y, x), b) in yr.iter_mut().zip(xr).zip(b) {
+                *y = x + b;
+            }
         }
     }
 }
 
-#[inline(always)]
-fn column_sum_rows((g, acc): (&[f32], &mut [f32])) {
-    let n = acc.len();
-    for gr in g.chunks_exact(n) {
-        acc.iter_mut().zip(gr).for_each(|(a, g)| *a += g);
+simd_kernel! {
+    fn column_sum_rows((g, acc): (&[f32], &mut [f32])) {
+        let n = acc.len();
+        for gr in g.chunks_exact(n) {
+            acc.iter_mut().zip(gr).for_each(|(a, g)| *a += g);
+        }
     }
 }
 
@@ -369,7 +386,7 @@ impl CustomOp2 for AddBias {
             let chunk = rows_per_task(n) * n;
             y.par_chunks_mut(chunk)
                 .zip(x.par_chunks(chunk))
-                .for_each(|(y, x)| with_simd_args(add_bias_rows, (x, b, y)));
+                .for_each(|(y, x)| add_bias_rows((x, b, y)));
         }
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -407,7 +424,7 @@ impl CustomOp1 for ColumnSum {
                 .par_chunks(chunk)
                 .map(|g| {
                     let mut acc = vec![0f32; n];
-                    with_simd_args(column_sum_rows, (g, &mut acc));
+                    column_sum_rows((g, &mut acc));
                     acc
                 })
                 .collect();

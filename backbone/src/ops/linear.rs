@@ -13,7 +13,9 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Stora
 use rayon::prelude::*;
 
 use super::gemm::{matmul, pool_threads, MatMut, MatRef, Precision};
-use super::{gelu, gelu_grad, with_simd_args, PAR_CHUNK};
+#[cfg(target_arch = "x86_64")]
+use super::linear_gemm::{self, PackedWeights};
+use super::{gelu, gelu_grad, PAR_CHUNK};
 
 /// Element-wise activation applied after the bias.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +49,71 @@ impl LinearOp {
             precision,
             keep_pre,
             pre: OnceLock::new(),
+        }
+    }
+}
+
+/// `y = r + x · wᵀ + b` without a gradient: the residual stream `r` added to each output tile
+/// while it is in cache ([`linear_gemm`]), instead of a separate pass over both. The bias is
+/// held by the op (an inference-only op needs no gradient for it).
+#[cfg(target_arch = "x86_64")]
+pub(crate) struct LinearResidualOp {
+    pub bias: Vec<f32>,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl CustomOp3 for LinearResidualOp {
+    fn name(&self) -> &'static str {
+        "linear-residual-f32"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (xv, rows, k) = mat_view(f32_slice(s1, "linear x")?, l1, "linear x")?;
+        let (wv, n, wk) = mat_view(f32_slice(s2, "linear weight")?, l2, "linear weight")?;
+        let r = match l3.contiguous_offsets() {
+            Some((a, b)) => &f32_slice(s3, "linear residual")?[a..b],
+            None => candle_core::bail!("linear residual: the residual must be contiguous"),
+        };
+        if l2.dims().len() != 2 || wk != k || self.bias.len() != n || r.len() != rows * n {
+            candle_core::bail!(
+                "linear residual: x {:?}, weight {:?}, bias {}, residual {:?} do not fit",
+                l1.dims(),
+                l2.dims(),
+                self.bias.len(),
+                l3.dims()
+            )
+        }
+        if xv.cs != 1 || n == 0 || k == 0 || !linear_gemm::available() {
+            candle_core::bail!("linear residual: needs AVX-512 and rows of x in place")
+        }
+        // SAFETY: the views were bounds-checked; linear_f32 writes every element of y, then the
+        // epilogue adds the residual's matching segment.
+        let y = unsafe {
+            let packed = PackedWeights::pack(wv, n, k);
+            written(rows * n, |y| {
+                let add = |row: usize, c0: usize, seg: &mut [f32]| {
+                    add_in_place((&r[row * n + c0..row * n + c0 + seg.len()], seg))
+                };
+                linear_gemm::linear_f32(rows, xv, &packed, Some(&self.bias), mat_out(y, n), &add)
+            })
+        };
+        Ok((CpuStorage::F32(y), l3.shape().clone()))
+    }
+}
+
+simd_kernel! {
+    /// y += r (IEEE addition commutes: the same value as the residual add r + y).
+    fn add_in_place((r, y): (&[f32], &mut [f32])) {
+        for (y, r) in y.iter_mut().zip(r) {
+            *y += r;
         }
     }
 }
@@ -108,7 +175,7 @@ fn bias_slice<'a>(data: &'a [f32], l: &Layout, n: usize) -> Result<&'a [f32]> {
 ///
 /// # Safety
 /// `fill` must write every element of the slice it is given.
-unsafe fn written(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+pub(super) unsafe fn written(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
     let mut v = Vec::with_capacity(len);
     fill(&mut v.spare_capacity_mut()[..len]);
     v.set_len(len);
@@ -123,55 +190,62 @@ fn mat_out(v: &mut [MaybeUninit<f32>], rs: usize) -> MatMut {
     }
 }
 
-#[inline(always)]
-fn fill_rows((rows, b): (&mut [MaybeUninit<f32>], &[f32])) {
-    for r in rows.chunks_exact_mut(b.len()) {
-        for (d, s) in r.iter_mut().zip(b) {
-            d.write(*s);
+simd_kernel! {
+    fn fill_rows((rows, b): (&mut [MaybeUninit<f32>], &[f32])) {
+        for r in rows.chunks_exact_mut(b.len()) {
+            for (d, s) in r.iter_mut().zip(b) {
+                d.write(*s);
+            }
         }
     }
 }
 
-#[inline(always)]
-fn gelu_into((pre, out): (&[f32], &mut [MaybeUninit<f32>])) {
-    for (o, p) in out.iter_mut().zip(pre) {
-        o.write(gelu(*p));
+simd_kernel! {
+    fn gelu_into((pre, out): (&[f32], &mut [MaybeUninit<f32>])) {
+        for (o, p) in out.iter_mut().zip(pre) {
+            o.write(gelu(*p));
+        }
     }
 }
 
-#[inline(always)]
-fn gelu_in_place(y: &mut [f32]) {
-    for v in y.iter_mut() {
-        *v = gelu(*v);
+simd_kernel! {
+    fn gelu_in_place(y: &mut [f32]) {
+        for v in y.iter_mut() {
+            *v = gelu(*v);
+        }
     }
 }
 
-#[inline(always)]
-fn scale_rows((y, s): (&mut [f32], f32)) {
-    for v in y.iter_mut() {
-        *v *= s;
+simd_kernel! {
+    pub(super) fn scale_rows((y, s): (&mut [f32], f32)) {
+        for v in y.iter_mut() {
+            *v *= s;
+        }
     }
 }
 
-#[inline(always)]
-fn gelu_backward((g, pre, s, out): (&[f32], &[f32], f32, &mut [MaybeUninit<f32>])) {
-    for ((o, g), p) in out.iter_mut().zip(g).zip(pre) {
-        o.write(g * s * gelu_grad(*p));
+simd_kernel! {
+    fn gelu_backward((g, pre, s, out): (&[f32], &[f32], f32, &mut [MaybeUninit<f32>])) {
+        for ((o, g), p) in out.iter_mut().zip(g).zip(pre) {
+            o.write(g * s * gelu_grad(*p));
+        }
     }
 }
 
-#[inline(always)]
-fn scaled_copy((g, s, out): (&[f32], f32, &mut [MaybeUninit<f32>])) {
-    for (o, g) in out.iter_mut().zip(g) {
-        o.write(g * s);
+simd_kernel! {
+    fn scaled_copy((g, s, out): (&[f32], f32, &mut [MaybeUninit<f32>])) {
+        for (o, g) in out.iter_mut().zip(g) {
+            o.write(g * s);
+        }
     }
 }
 
-#[inline(always)]
-fn column_sum_rows((g, acc): (&[f32], &mut [f32])) {
-    let n = acc.len();
-    for gr in g.chunks_exact(n) {
-        acc.iter_mut().zip(gr).for_each(|(a, g)| *a += g);
+simd_kernel! {
+    fn column_sum_rows((g, acc): (&[f32], &mut [f32])) {
+        let n = acc.len();
+        for gr in g.chunks_exact(n) {
+            acc.iter_mut().zip(gr).for_each(|(a, g)| *a += g);
+        }
     }
 }
 
@@ -191,7 +265,7 @@ pub(crate) fn column_sums(g: &[f32], n: usize) -> Vec<f32> {
         .par_chunks(chunk)
         .map(|g| {
             let mut acc = vec![0f32; n];
-            with_simd_args(column_sum_rows, (g, &mut acc));
+            column_sum_rows((g, &mut acc));
             acc
         })
         .collect();
@@ -231,6 +305,22 @@ impl LinearOp {
                 candle_core::bail!("linear: {} row factors × {per} rows ≠ {rows} rows", f.len())
             }
         }
+        let mut dims = lx.dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = n;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if self.precision == Precision::F32
+            && xv.cs == 1
+            && rows >= 16
+            && n > 0
+            && k > 0
+            && linear_gemm::available()
+        {
+            // SAFETY: as below; linear_f32 writes every element of y once (then the epilogue).
+            let y = unsafe { self.forward_packed(xv, rows, k, wv, n, bias) };
+            return Ok((CpuStorage::F32(y), Shape::from(dims)));
+        }
         let chunk = task_rows(n) * n;
         // SAFETY: the views were bounds-checked against their buffers; y is rows × n, written
         // whole: by the bias rows and the accumulating GEMM, or by the GEMM alone.
@@ -238,8 +328,7 @@ impl LinearOp {
             written(rows * n, |y| {
                 if let Some(b) = bias {
                     if n > 0 {
-                        y.par_chunks_mut(chunk)
-                            .for_each(|r| with_simd_args(fill_rows, (r, b)));
+                        y.par_chunks_mut(chunk).for_each(|r| fill_rows((r, b)));
                     }
                 }
                 matmul(
@@ -264,7 +353,7 @@ impl LinearOp {
                     written(y.len(), |out| {
                         out.par_chunks_mut(PAR_CHUNK)
                             .zip(y.par_chunks(PAR_CHUNK))
-                            .for_each(|(o, p)| with_simd_args(gelu_into, (p, o)))
+                            .for_each(|(o, p)| gelu_into((p, o)))
                     })
                 };
                 let _ = self.pre.set(y);
@@ -272,21 +361,60 @@ impl LinearOp {
             }
             Activation::Gelu => {
                 let mut y = y;
-                y.par_chunks_mut(PAR_CHUNK)
-                    .for_each(|v| super::with_simd_args(gelu_in_place, v));
+                y.par_chunks_mut(PAR_CHUNK).for_each(gelu_in_place);
                 y
             }
         };
         if self.row_scale.is_some() && n > 0 {
             y.par_chunks_mut(n)
                 .enumerate()
-                .for_each(|(r, row)| with_simd_args(scale_rows, (row, self.factor(r))));
-        }
-        let mut dims = lx.dims().to_vec();
-        if let Some(last) = dims.last_mut() {
-            *last = n;
+                .for_each(|(r, row)| scale_rows((row, self.factor(r))));
         }
         Ok((CpuStorage::F32(y), Shape::from(dims)))
+    }
+
+    /// The forward on packed weights with the bias, activation and row factor applied per tile
+    /// (see [`linear_gemm`]); keeps the pre-activation when asked, as the general path does.
+    ///
+    /// # Safety
+    /// `x` (rows × k, column stride 1) and `w` (n × k) must be valid views.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn forward_packed(
+        &self,
+        x: MatRef,
+        rows: usize,
+        k: usize,
+        w: MatRef,
+        n: usize,
+        bias: Option<&[f32]>,
+    ) -> Vec<f32> {
+        let packed = PackedWeights::pack(w, n, k);
+        let gelu = self.act == Activation::Gelu;
+        let keep = gelu && self.keep_pre;
+        let mut pre: Vec<f32> = Vec::with_capacity(if keep { rows * n } else { 0 });
+        let pre_out = mat_out(pre.spare_capacity_mut(), n);
+        let y = written(rows * n, |y| {
+            let epilogue = |r: usize, c0: usize, seg: &mut [f32]| {
+                if keep {
+                    // SAFETY: (r, c0..c0 + seg.len()) lies inside pre's rows × n capacity and
+                    // only this segment's task writes it.
+                    std::ptr::copy_nonoverlapping(seg.as_ptr(), pre_out.at(r, c0), seg.len());
+                }
+                if gelu {
+                    gelu_in_place(seg);
+                }
+                if self.row_scale.is_some() {
+                    scale_rows((seg, self.factor(r)));
+                }
+            };
+            linear_gemm::linear_f32(rows, x, &packed, bias, mat_out(y, n), &epilogue)
+        });
+        if keep {
+            // SAFETY: every (row, column) of pre was written by the epilogue.
+            pre.set_len(rows * n);
+            let _ = self.pre.set(pre);
+        }
+        y
     }
 
     /// (dx, dw, db) for the output gradient `grad`; only for the inputs that track a gradient.
@@ -319,9 +447,7 @@ impl LinearOp {
                                 out.par_chunks_mut(n.max(1))
                                     .zip(g.par_chunks(n.max(1)))
                                     .enumerate()
-                                    .for_each(|(r, (o, g))| {
-                                        with_simd_args(scaled_copy, (g, self.factor(r), o))
-                                    })
+                                    .for_each(|(r, (o, g))| scaled_copy((g, self.factor(r), o)))
                             })
                         }),
                         (Activation::Gelu, _) => {
@@ -343,7 +469,7 @@ impl LinearOp {
                                                 .enumerate()
                                             {
                                                 let s = self.factor(r0 + i);
-                                                with_simd_args(gelu_backward, (g, p, s, o));
+                                                gelu_backward((g, p, s, o));
                                             }
                                         })
                                 })

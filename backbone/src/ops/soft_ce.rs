@@ -9,8 +9,8 @@ use std::sync::OnceLock;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::exp_neg;
 use super::fused::{contiguous_f32, dot8, last_dim, rows_per_task, sum8};
-use super::{exp_neg, with_simd_args};
 
 #[inline(always)]
 fn max8(a: &[f32]) -> f32 {
@@ -27,18 +27,19 @@ fn max8(a: &[f32]) -> f32 {
     )
 }
 
-/// One row: y = softmax((x − c)·s), using `y` as scratch.
-#[inline(always)]
-fn centered_softmax_row((x, c, s, y): (&[f32], &[f32], f32, &mut [f32])) {
-    for ((y, x), c) in y.iter_mut().zip(x).zip(c) {
-        *y = (x - c) * s;
+simd_kernel! {
+    /// One row: y = softmax((x − c)·s), using `y` as scratch.
+    fn centered_softmax_row((x, c, s, y): (&[f32], &[f32], f32, &mut [f32])) {
+        for ((y, x), c) in y.iter_mut().zip(x).zip(c) {
+            *y = (x - c) * s;
+        }
+        let max = max8(y);
+        for v in y.iter_mut() {
+            *v = exp_neg(*v - max);
+        }
+        let inv = 1.0 / sum8(y);
+        y.iter_mut().for_each(|v| *v *= inv);
     }
-    let max = max8(y);
-    for v in y.iter_mut() {
-        *v = exp_neg(*v - max);
-    }
-    let inv = 1.0 / sum8(y);
-    y.iter_mut().for_each(|v| *v *= inv);
 }
 
 /// softmax((x − center)·scale) over the last dimension; no backward (a teacher target).
@@ -70,42 +71,45 @@ impl CustomOp2 for CenteredSoftmax {
             .zip(x.par_chunks(chunk))
             .for_each(|(y, x)| {
                 for (y, x) in y.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
-                    with_simd_args(centered_softmax_row, (x, c, self.scale, y));
+                    centered_softmax_row((x, c, self.scale, y));
                 }
             });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 }
 
-/// One row, with z = x·s shifted by its max m: loss = −Σ p·log_softmax(z) = Σp·ln Σe^(z−m) − Σ p·(z−m).
-/// Returns (loss, m, ln Σe^(z−m)); the two parts stay apart because their sum rounds at the
-/// scale of m, which would cost the softmax of the backward pass that many ulps.
-#[inline(always)]
-fn soft_ce_row((x, p, s, z): (&[f32], &[f32], f32, &mut [f32])) -> (f32, f32, f32) {
-    for (z, x) in z.iter_mut().zip(x) {
-        *z = x * s;
+simd_kernel! {
+    /// One row, with z = x·s shifted by its max m: loss = −Σ p·log_softmax(z) = Σp·ln Σe^(z−m) − Σ p·(z−m).
+    /// Returns (loss, m, ln Σe^(z−m)); the two parts stay apart because their sum rounds at the
+    /// scale of m, which would cost the softmax of the backward pass that many ulps.
+    fn soft_ce_row((x, p, s, z): (&[f32], &[f32], f32, &mut [f32])) -> (f32, f32, f32) {
+        for (z, x) in z.iter_mut().zip(x) {
+            *z = x * s;
+        }
+        let max = max8(z);
+        for v in z.iter_mut() {
+            *v -= max;
+        }
+        let dot = dot8(p, z);
+        for v in z.iter_mut() {
+            *v = exp_neg(*v);
+        }
+        let ln_sum = sum8(z).ln();
+        (sum8(p) * ln_sum - dot, max, ln_sum)
     }
-    let max = max8(z);
-    for v in z.iter_mut() {
-        *v -= max;
-    }
-    let dot = dot8(p, z);
-    for v in z.iter_mut() {
-        *v = exp_neg(*v);
-    }
-    let ln_sum = sum8(z).ln();
-    (sum8(p) * ln_sum - dot, max, ln_sum)
 }
 
-/// Row gradient: dx = g·s·(softmax(x·s)·Σp − p).
-#[inline(always)]
-fn soft_ce_grad_row(
-    (x, p, s, (max, ln_sum), g, dx): (&[f32], &[f32], f32, (f32, f32), f32, &mut [f32]),
-) {
-    let psum = sum8(p);
-    let gs = g * s;
-    for ((d, x), p) in dx.iter_mut().zip(x).zip(p) {
-        *d = gs * (exp_neg((x * s - max) - ln_sum) * psum - p);
+/// (logits, targets, 1/τ, (row max, ln Σexp), upstream gradient, dx) of one row.
+type SoftCeGradRow<'a> = (&'a [f32], &'a [f32], f32, (f32, f32), f32, &'a mut [f32]);
+
+simd_kernel! {
+    /// Row gradient: dx = g·s·(softmax(x·s)·Σp − p).
+    fn soft_ce_grad_row((x, p, s, (max, ln_sum), g, dx): SoftCeGradRow) {
+        let psum = sum8(p);
+        let gs = g * s;
+        for ((d, x), p) in dx.iter_mut().zip(x).zip(p) {
+            *d = gs * (exp_neg((x * s - max) - ln_sum) * psum - p);
+        }
     }
 }
 
@@ -164,8 +168,7 @@ impl CustomOp2 for SoftCrossEntropy {
                         .zip(x.chunks_exact(n))
                         .zip(p.chunks_exact(n))
                     {
-                        let (loss, max, ln_sum) =
-                            with_simd_args(soft_ce_row, (x, p, self.scale, &mut z[..]));
+                        let (loss, max, ln_sum) = soft_ce_row((x, p, self.scale, &mut z[..]));
                         (*l, *e) = (loss, (max, ln_sum));
                     }
                 },
@@ -238,7 +241,7 @@ impl CustomOp3 for SoftCrossEntropyGrad<'_> {
                     .zip(lse)
                     .zip(g)
                 {
-                    with_simd_args(soft_ce_grad_row, (x, p, self.scale, *lse, *g, d));
+                    soft_ce_grad_row((x, p, self.scale, *lse, *g, d));
                 }
             });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))

@@ -8,7 +8,6 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tenso
 use rayon::prelude::*;
 
 use super::fused::{contiguous_f32, dot8, last_dim, rows_per_task};
-use super::with_simd_args;
 
 /// (v [R, C], g [R] or [R, 1]) → W [R, C]; keeps ‖v‖ per row for the backward pass.
 pub(super) struct WeightNorm {
@@ -23,26 +22,29 @@ impl WeightNorm {
     }
 }
 
-#[inline(always)]
-fn row_dot((a, b): (&[f32], &[f32])) -> f32 {
-    dot8(a, b)
-}
-
-#[inline(always)]
-fn scale_row((v, s, w): (&[f32], f32, &mut [f32])) {
-    for (w, v) in w.iter_mut().zip(v) {
-        *w = v * s;
+simd_kernel! {
+    fn row_dot((a, b): (&[f32], &[f32])) -> f32 {
+        dot8(a, b)
     }
 }
 
-/// dv = (g/n)·(G − (G·v / n²)·v) for one row.
-#[inline(always)]
-fn weight_norm_grad_row((v, gr, g, n, dv): (&[f32], &[f32], f32, f32, &mut [f32])) {
-    let dot = dot8(gr, v);
-    let s = g / n;
-    let c = dot / (n * n);
-    for ((d, gr), v) in dv.iter_mut().zip(gr).zip(v) {
-        *d = s * (gr - c * v);
+simd_kernel! {
+    fn scale_row((v, s, w): (&[f32], f32, &mut [f32])) {
+        for (w, v) in w.iter_mut().zip(v) {
+            *w = v * s;
+        }
+    }
+}
+
+simd_kernel! {
+    /// dv = (g/n)·(G − (G·v / n²)·v) for one row.
+    fn weight_norm_grad_row((v, gr, g, n, dv): (&[f32], &[f32], f32, f32, &mut [f32])) {
+        let dot = dot8(gr, v);
+        let s = g / n;
+        let c = dot / (n * n);
+        for ((d, gr), v) in dv.iter_mut().zip(gr).zip(v) {
+            *d = s * (gr - c * v);
+        }
     }
 }
 
@@ -73,7 +75,7 @@ impl CustomOp2 for WeightNorm {
         // torch's norm_except_dim has no eps: a zero row gives NaN there too.
         let norms: Vec<f32> = v
             .par_chunks(c)
-            .map(|row| with_simd_args(row_dot, (row, row)).sqrt())
+            .map(|row| row_dot((row, row)).sqrt())
             .collect();
         let mut w = vec![0f32; r * c];
         let per = rows_per_task(c);
@@ -82,7 +84,7 @@ impl CustomOp2 for WeightNorm {
             .zip(norms.par_chunks(per).zip(g.par_chunks(per)))
             .for_each(|((w, v), (n, g))| {
                 for (((w, v), n), g) in w.chunks_exact_mut(c).zip(v.chunks_exact(c)).zip(n).zip(g) {
-                    with_simd_args(scale_row, (v, g / n, w));
+                    scale_row((v, g / n, w));
                 }
             });
         let _ = self.norms.set(norms);
@@ -151,7 +153,7 @@ impl CustomOp3 for WeightNormGrad<'_> {
                     .zip(n)
                     .zip(g)
                 {
-                    with_simd_args(weight_norm_grad_row, (v, gr, *g, *n, dv));
+                    weight_norm_grad_row((v, gr, *g, *n, dv));
                 }
             });
         Ok((CpuStorage::F32(dv), l1.shape().clone()))
@@ -185,7 +187,7 @@ impl CustomOp2 for GainGrad<'_> {
             .par_chunks(c)
             .zip(gr.par_chunks(c))
             .zip(self.norms.par_iter())
-            .map(|((v, gr), n)| with_simd_args(row_dot, (gr, v)) / n)
+            .map(|((v, gr), n)| row_dot((gr, v)) / n)
             .collect();
         Ok((CpuStorage::F32(dg), Shape::from(self.norms.len())))
     }
