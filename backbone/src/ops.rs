@@ -300,6 +300,8 @@ pub fn linear_residual(
             && x.is_contiguous()
             && r.is_contiguous()
             && x.dim(0)? >= 16
+            && x.dim(1)? > 0
+            && w.dim(0)? > 0
             && b.dims() == [w.dim(0)?]
             && r.elem_count() == x.dim(0)? * w.dim(0)?;
         if fits && ![x, w, b, r].iter().any(|t| t.track_op()) {
@@ -428,6 +430,9 @@ impl CustomOp2 for ResidualAdd {
             candle_core::bail!("residual add: inputs must be contiguous")
         };
         let (a, b) = (&a[a0..a1], &b[b0..b1]);
+        if a.len() != b.len() {
+            candle_core::bail!("residual add: {} vs {} elements", a.len(), b.len())
+        }
         // SAFETY: the chunks cover the output; add_slices writes each element.
         let out = unsafe {
             linear::written(a.len(), |out| {

@@ -17,6 +17,7 @@ use rayon::prelude::*;
 use super::fused::dot8;
 use super::gemm::{matmul, MatMut, MatRef, Precision};
 use super::linear::cpu_f32;
+#[cfg(target_arch = "x86_64")]
 use super::linear::scale_rows;
 #[cfg(target_arch = "x86_64")]
 use super::linear_gemm::{self, PackedWeights};
@@ -159,7 +160,11 @@ impl CustomOp1 for AttentionOp {
                         rs: d as isize,
                     };
                     #[cfg(target_arch = "x86_64")]
-                    if self.precision == Precision::F32 && linear_gemm::available() {
+                    if self.precision == Precision::F32
+                        && hd > 0
+                        && t > 0
+                        && linear_gemm::available()
+                    {
                         head_packed(t, hd, q, k, v, self.scale, p, o);
                         return;
                     }

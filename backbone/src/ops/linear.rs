@@ -109,6 +109,7 @@ impl CustomOp3 for LinearResidualOp {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 simd_kernel! {
     /// y += r (IEEE addition commutes: the same value as the residual add r + y).
     fn add_in_place((r, y): (&[f32], &mut [f32])) {

@@ -6,9 +6,9 @@
 //! GEMM over a block of rows repacks the weights every call. Here the weights are packed once
 //! per call into panels of [`NR`] output columns, the rows are split into blocks that rayon tasks
 //! take whole, and each 6 × 64 tile of the output gets the bias in registers and then the caller's
-//! epilogue while it is still in L1. Each output is one FMA chain over k in order, plus the bias:
-//! the same arithmetic as the general GEMM's (which adds the bias before, not after, the dot
-//! product — so results can differ in the last bit).
+//! epilogue while it is still in L1. Each output is one FMA chain over k in order, plus the bias.
+//! The general GEMM blocks k and adds the bias first, so a layer's outputs can differ in the last
+//! bit between this kernel and the fallback (fewer than 16 rows, or a CPU without AVX-512).
 //!
 //! Used for f32 when the CPU has AVX-512F (and `IBOT_NO_AVX512` is unset), by the Linear forward
 //! when the rows of x are contiguous and at least 16, and by the attention core for its two
@@ -199,7 +199,7 @@ pub(crate) unsafe fn linear_f32(
 /// [`linear_f32`] for the rows in `rows`, on the calling thread.
 ///
 /// # Safety
-/// As [`linear_f32`], for the rows in `rows`.
+/// As [`linear_f32`], for the rows in `rows`; the weights must have n > 0 and k > 0.
 pub(crate) unsafe fn linear_rows(
     rows: std::ops::Range<usize>,
     x: MatRef,
@@ -290,7 +290,9 @@ impl Tile<'_> {
         for p in 0..self.k as isize {
             let wv: [__m512; NV] = std::array::from_fn(|v| _mm512_load_ps(w.add(16 * v)));
             for v in 0..NV {
-                _mm_prefetch::<_MM_HINT_T0>(w.add(PREFETCH * NR + 16 * v) as *const i8);
+                // (wrapping: near the panel's end this points past the buffer; a prefetch
+                // never faults.)
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(PREFETCH * NR + 16 * v) as *const i8);
             }
             for (i, acc) in acc.iter_mut().enumerate() {
                 let a = _mm512_set1_ps(*self.x.offset(i as isize * self.xrs + p));
