@@ -81,6 +81,12 @@ simd_kernel! {
     }
 }
 
+/// Per-task scratch of the packed path: the keys' and the values' panels.
+#[cfg(target_arch = "x86_64")]
+type Panels = (PackedWeights, PackedWeights);
+#[cfg(not(target_arch = "x86_64"))]
+type Panels = ();
+
 /// One (sample, head) on the packed-panel GEMM: p = softmax(scale · q kᵀ), o = p v.
 ///
 /// # Safety
@@ -97,17 +103,18 @@ unsafe fn head_packed(
     scale: f32,
     p: &mut [f32],
     o: MatMut,
+    (keys, values): &mut Panels,
 ) {
-    let keys = PackedWeights::pack(k, t, hd);
+    keys.repack(k, t, hd);
     let scores = MatMut::new(p, 0, t);
     let scale_segment = |_: usize, _: usize, seg: &mut [f32]| scale_rows((seg, scale));
-    linear_gemm::linear_rows(0..t, q, &keys, None, scores, &scale_segment);
+    linear_gemm::linear_rows(0..t, q, keys, None, scores, &scale_segment);
     softmax_rows_in_place((&mut p[..], t));
-    let values = PackedWeights::pack(v.t(), hd, t);
+    values.repack(v.t(), hd, t);
     linear_gemm::linear_rows(
         0..t,
         MatRef::new(p, 0, t, 1),
-        &values,
+        values,
         None,
         o,
         &|_, _, _| {},
@@ -140,8 +147,11 @@ impl CustomOp1 for AttentionOp {
         let probs_ptr = SendPtr(probs.as_mut_ptr());
         let keep = self.keep_probs;
         (0..b * h).into_par_iter().for_each_init(
-            || if keep { Vec::new() } else { vec![0f32; t * t] },
-            |scratch, task| {
+            || {
+                let scores = if keep { Vec::new() } else { vec![0f32; t * t] };
+                (scores, Panels::default())
+            },
+            |(scratch, panels), task| {
                 let (bi, hi) = (task / h, task % h);
                 let base = bi * t * 3 * d + hi * hd;
                 let q = MatRef::new(qkv, base, 3 * d, 1);
@@ -165,7 +175,7 @@ impl CustomOp1 for AttentionOp {
                         && t > 0
                         && linear_gemm::available()
                     {
-                        head_packed(t, hd, q, k, v, self.scale, p, o);
+                        head_packed(t, hd, q, k, v, self.scale, p, o, panels);
                         return;
                     }
                     matmul(

@@ -58,6 +58,7 @@ pub(crate) fn available() -> bool {
 
 /// Weights w [n × k] repacked as ⌈n / NR⌉ panels of k rows × NR columns, 64-byte aligned,
 /// zero beyond column n.
+#[derive(Default)]
 pub(crate) struct PackedWeights {
     buf: Vec<f32>,
     start: usize,
@@ -69,9 +70,20 @@ impl PackedWeights {
     /// # Safety
     /// `w` must be valid for n × k elements through its strides.
     pub unsafe fn pack(w: MatRef, n: usize, k: usize) -> Self {
-        let panels = n.div_ceil(NR);
-        let len = panels * k * NR;
-        let mut buf: Vec<f32> = Vec::with_capacity(len + 16);
+        let mut packed = Self::default();
+        packed.repack(w, n, k);
+        packed
+    }
+
+    /// [`Self::pack`] into this buffer, reusing its allocation (per-task scratch).
+    ///
+    /// # Safety
+    /// As [`Self::pack`].
+    pub unsafe fn repack(&mut self, w: MatRef, n: usize, k: usize) {
+        let len = n.div_ceil(NR) * k * NR;
+        let buf = &mut self.buf;
+        buf.clear();
+        buf.reserve(len + 16);
         let start = buf.as_ptr().align_offset(64).min(16);
         let panels_out = &mut buf.spare_capacity_mut()[start..start + len];
         let one = |(j, panel): (usize, &mut [MaybeUninit<f32>])| pack_panel(w, n, k, j, panel);
@@ -84,7 +96,7 @@ impl PackedWeights {
         // them is never read.
         buf.spare_capacity_mut()[..start].fill(MaybeUninit::new(0.0));
         buf.set_len(start + len);
-        Self { buf, start, n, k }
+        (self.start, self.n, self.k) = (start, n, k);
     }
 
     fn panel(&self, j: usize) -> *const f32 {
